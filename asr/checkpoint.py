@@ -1,0 +1,102 @@
+"""One self-describing checkpoint file: model name + config, tokenizer, weights (CMVN
+statistics included, as model buffers), training metadata, and optionally the trainer state
+needed for exact resume.
+
+Files are written atomically (temporary file in the same folder, fsync, rename), so a crash
+mid-save never leaves a truncated checkpoint in place of a good one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from asr.models import build_model
+from asr.text import Tokenizer
+
+FORMAT = "asr-checkpoint-1"
+
+
+@dataclass
+class Checkpoint:
+    model_name: str
+    model_config: dict[str, Any]
+    tokenizer: Tokenizer
+    state_dict: dict[str, torch.Tensor]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    trainer_state: dict[str, Any] | None = None
+
+    def build_model(self, device: str | torch.device = "cpu", verbose: bool = False) -> nn.Module:
+        """The model with its weights, in eval mode on ``device``."""
+        model = build_model(self.model_name, self.model_config, verbose=verbose)
+        model.load_state_dict(self.state_dict)
+        return model.to(device).eval()
+
+
+def _plain(value: Any) -> Any:
+    """Dataclasses to dicts so the file loads with ``weights_only=True``."""
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    model_name: str,
+    tokenizer: Tokenizer,
+    metadata: dict[str, Any] | None = None,
+    trainer_state: dict[str, Any] | None = None,
+) -> None:
+    """Write a checkpoint atomically. Weights are stored on CPU (loads anywhere)."""
+    model = getattr(model, "module", model)  # unwrap DDP
+    payload = {
+        "format": FORMAT,
+        "model": {"name": model_name, "config": _plain(model.config)},
+        "tokenizer": tokenizer.state_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metadata": metadata or {},
+        "trainer_state": trainer_state,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class CheckpointError(RuntimeError):
+    """A file that is not a usable asr checkpoint (one-line message)."""
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint onto the CPU (whatever device it was saved from)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or foreign files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not an asr checkpoint (expected format {FORMAT})")
+    return Checkpoint(
+        model_name=payload["model"]["name"],
+        model_config=payload["model"]["config"],
+        tokenizer=Tokenizer.from_state_dict(payload["tokenizer"]),
+        state_dict=payload["state_dict"],
+        metadata=payload["metadata"],
+        trainer_state=payload["trainer_state"],
+    )

@@ -1,0 +1,155 @@
+"""Log-mel features, global mean/variance normalisation and SpecAugment.
+
+Shapes: audio ``(batch, samples)`` at 16 kHz; features ``(batch, frames, n_mels)``.
+Frames are 25 ms windows every 10 ms with no padding at the edges (Kaldi's ``snip_edges``):
+frame ``t`` covers samples ``[160 t, 160 t + 400)``, so a signal of ``n >= 400`` samples has
+``1 + (n - 400) // 160`` frames. Because no frame looks past its own window, a streaming
+frontend can produce exactly the same frames chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchaudio
+from torch import nn
+
+from asr.audio import SAMPLE_RATE
+
+WIN_LENGTH = 400  # 25 ms
+HOP_LENGTH = 160  # 10 ms
+N_FFT = 512
+LOG_FLOOR = 1e-6  # about -60 dB below a full-scale sine's mel energy: below any real signal
+
+
+def num_frames(num_samples: torch.Tensor | int) -> torch.Tensor | int:
+    """Frames produced for ``num_samples`` samples (0 if shorter than one window)."""
+    if isinstance(num_samples, torch.Tensor):
+        return torch.clamp((num_samples - WIN_LENGTH) // HOP_LENGTH + 1, min=0)
+    return max(0, (num_samples - WIN_LENGTH) // HOP_LENGTH + 1)
+
+
+class LogMelFrontend(nn.Module):
+    """Waveform to log-mel filterbank energies.
+
+    Power spectrum of a Hann-windowed 25 ms frame (512-point FFT), HTK mel filterbank from
+    20 Hz to 8 kHz, natural log with a floor. ``dither`` adds Gaussian noise of that standard
+    deviation (in units of full scale) in training mode only, so silence does not give the
+    model a degenerate constant input.
+
+    Args:
+        n_mels: number of mel bins.
+        dither: noise added to the waveform while ``self.training``.
+
+    Shapes: ``(batch, samples)`` + lengths ``(batch,)`` -> ``(batch, frames, n_mels)`` + ``(batch,)``.
+    """
+
+    def __init__(self, n_mels: int = 80, dither: float = 0.0) -> None:
+        super().__init__()
+        self.n_mels = n_mels
+        self.dither = dither
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=SAMPLE_RATE,
+            n_fft=N_FFT,
+            win_length=WIN_LENGTH,
+            hop_length=HOP_LENGTH,
+            f_min=20.0,
+            f_max=SAMPLE_RATE / 2,
+            n_mels=n_mels,
+            window_fn=torch.hann_window,
+            wkwargs={"periodic": False},
+            power=2.0,
+            center=False,
+            mel_scale="htk",
+        )
+
+    def forward(
+        self, audio: torch.Tensor, lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if audio.dim() == 1:
+            audio = audio.unsqueeze(0)
+        if lengths is None:
+            lengths = torch.full((audio.shape[0],), audio.shape[1], device=audio.device)
+        # torch.stft centres the 400-sample window inside each 512-sample FFT frame; padding
+        # both sides by the difference makes frame t start at sample 160 t as documented.
+        pad = (N_FFT - WIN_LENGTH) // 2
+        audio = nn.functional.pad(audio, (pad, pad + max(0, WIN_LENGTH - audio.shape[1])))
+        if self.training and self.dither > 0:
+            audio = audio + self.dither * torch.randn_like(audio)
+        with torch.autocast(audio.device.type, enabled=False):
+            feats = self.mel(audio.float()).clamp_min(LOG_FLOOR).log().transpose(1, 2)
+        return feats, num_frames(lengths)
+
+
+class GlobalCMVN(nn.Module):
+    """Normalise features with one mean and standard deviation per bin, from training data.
+
+    The statistics are buffers, so they travel in the model's ``state_dict`` (and thus the
+    checkpoint). Never per utterance: streaming and offline must see identical inputs.
+
+    Shapes: ``(batch, frames, n_mels)`` -> same.
+    """
+
+    def __init__(self, n_mels: int = 80) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_mels))
+        self.register_buffer("std", torch.ones(n_mels))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return (feats - self.mean) / self.std
+
+    @torch.no_grad()
+    def set_stats(self, total: torch.Tensor, total_sq: torch.Tensor, count: int) -> None:
+        """Set from accumulated per-bin sums over ``count`` frames (see :func:`accumulate_stats`)."""
+        mean = total / count
+        var = (total_sq / count - mean.square()).clamp_min(1e-8)
+        self.mean.copy_(mean)
+        self.std.copy_(var.sqrt())
+
+
+def accumulate_stats(feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-bin sum and sum of squares over the valid frames of a batch, in float64."""
+    mask = torch.arange(feats.shape[1], device=feats.device)[None, :] < lengths[:, None]
+    valid = feats[mask].double()
+    return valid.sum(dim=0), valid.square().sum(dim=0), valid.shape[0]
+
+
+class SpecAugment(nn.Module):
+    """Frequency and time masking (Park et al., 2019), active in training mode only.
+
+    Applied to normalised features, so a masked value of 0 is the training mean. Time masks
+    are capped at ``max_time_ratio`` of each utterance's length so short utterances keep most
+    of their frames.
+
+    Shapes: ``(batch, frames, n_mels)`` + lengths ``(batch,)`` -> ``(batch, frames, n_mels)``.
+    """
+
+    def __init__(
+        self,
+        freq_masks: int = 2,
+        freq_width: int = 27,
+        time_masks: int = 2,
+        time_width: int = 40,
+        max_time_ratio: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.freq_masks, self.freq_width = freq_masks, freq_width
+        self.time_masks, self.time_width = time_masks, time_width
+        self.max_time_ratio = max_time_ratio
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return feats
+        batch, frames, bins = feats.shape
+        keep = torch.ones_like(feats, dtype=torch.bool)
+        bin_idx = torch.arange(bins, device=feats.device)
+        frame_idx = torch.arange(frames, device=feats.device)
+        for _ in range(self.freq_masks):
+            width = torch.randint(0, self.freq_width + 1, (batch, 1), device=feats.device)
+            start = (torch.rand(batch, 1, device=feats.device) * (bins - width)).long()
+            keep &= ~((bin_idx >= start) & (bin_idx < start + width))[:, None, :]
+        max_width = torch.clamp((lengths.to(feats.device) * self.max_time_ratio).long(), max=self.time_width)
+        for _ in range(self.time_masks):
+            width = (torch.rand(batch, device=feats.device) * (max_width + 1)).long()[:, None]
+            start = (torch.rand(batch, 1, device=feats.device) * (lengths.to(feats.device)[:, None] - width).clamp_min(1)).long()
+            keep &= ~((frame_idx >= start) & (frame_idx < start + width))[:, :, None]
+        return feats * keep

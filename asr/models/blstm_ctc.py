@@ -1,0 +1,114 @@
+"""Offline acoustic model: conv subsampling + deep bidirectional LSTM + linear -> CTC log-probs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from asr.features import GlobalCMVN, SpecAugment
+
+
+@dataclass
+class SpecAugmentConfig:
+    freq_masks: int = 2
+    freq_width: int = 15
+    time_masks: int = 2
+    time_width: int = 40
+    max_time_ratio: float = 0.2
+
+
+@dataclass
+class BLSTMCTCConfig:
+    n_mels: int = 80
+    vocab_size: int = 29
+    conv_channels: int = 32
+    time_stride: int = 4  # 2 or 4: total time subsampling of the two convolutions
+    hidden_size: int = 256  # per direction
+    num_layers: int = 3
+    dropout: float = 0.2
+    specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+
+
+def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """``(batch,)`` lengths -> ``(batch, max_len)`` bool mask, True on valid positions."""
+    return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class ConvSubsampling(nn.Module):
+    """Two 3x3 conv layers with ReLU; frequency stride 2 each, time stride 2 then 1 or 2.
+
+    Padded frames are zeroed before each conv so a batched utterance gives the same output as
+    the utterance alone.
+
+    Shapes: ``(batch, frames, n_mels)`` + ``(batch,)`` -> ``(batch, frames', channels * n_mels')``.
+    """
+
+    def __init__(self, n_mels: int, channels: int, time_stride: int) -> None:
+        super().__init__()
+        if time_stride not in (2, 4):
+            raise ValueError(f"time_stride must be 2 or 4, got {time_stride}")
+        self.strides = (2, time_stride // 2)
+        self.conv1 = nn.Conv2d(1, channels, 3, stride=(self.strides[0], 2), padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, stride=(self.strides[1], 2), padding=1)
+        self.out_dim = channels * (((n_mels + 1) // 2 + 1) // 2)
+
+    @staticmethod
+    def _out_len(lengths: torch.Tensor, stride: int) -> torch.Tensor:
+        return (lengths - 1) // stride + 1
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        for s in self.strides:
+            lengths = self._out_len(lengths, s)
+        return lengths
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = feats.unsqueeze(1)  # (batch, 1, frames, mels)
+        for conv, stride in ((self.conv1, self.strides[0]), (self.conv2, self.strides[1])):
+            x = x * lengths_to_mask(lengths, x.shape[2])[:, None, :, None]
+            x = torch.relu(conv(x))
+            lengths = self._out_len(lengths, stride)
+        batch, channels, frames, mels = x.shape
+        return x.permute(0, 2, 1, 3).reshape(batch, frames, channels * mels), lengths
+
+
+class BLSTMCTC(nn.Module):
+    """Global CMVN -> SpecAugment (training only) -> conv subsampling -> BiLSTM stack -> linear.
+
+    Variable lengths use packed sequences: the backward direction of a padded BiLSTM would
+    start in the padding, and packing is also faster on CPU (``tools/bench_model.py``).
+
+    Shapes: features ``(batch, frames, n_mels)`` + lengths ``(batch,)`` ->
+    log-probs ``(batch, frames', vocab)`` + lengths ``(batch,)``, ``frames' = ceil(frames / time_stride)``.
+    """
+
+    def __init__(self, config: BLSTMCTCConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.cmvn = GlobalCMVN(config.n_mels)
+        self.specaugment = SpecAugment(**vars(config.specaugment))
+        self.subsampling = ConvSubsampling(config.n_mels, config.conv_channels, config.time_stride)
+        self.dropout = nn.Dropout(config.dropout)
+        self.lstm = nn.LSTM(
+            self.subsampling.out_dim,
+            config.hidden_size,
+            num_layers=config.num_layers,
+            bidirectional=True,
+            batch_first=True,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+        )
+        self.output = nn.Linear(2 * config.hidden_size, config.vocab_size)
+
+    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        return self.subsampling.output_lengths(lengths)
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.specaugment(self.cmvn(feats), lengths)
+        x, out_lengths = self.subsampling(x, lengths)
+        frames = x.shape[1]
+        packed = pack_padded_sequence(self.dropout(x), out_lengths.cpu(), batch_first=True, enforce_sorted=False)
+        x, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=frames)
+        x = self.output(self.dropout(x))
+        return x.log_softmax(dim=-1), out_lengths
