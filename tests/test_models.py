@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+from asr.models import build_model, config_from_dict, count_parameters
+from asr.models.blstm_ctc import BLSTMCTCConfig
+
+
+def small(**overrides):
+    return build_model("blstm_ctc", {"hidden_size": 32, "num_layers": 2, "conv_channels": 8, **overrides}, verbose=False)
+
+
+@pytest.mark.parametrize("stride", [2, 4])
+def test_output_shapes_and_exact_lengths(stride):
+    model = small(time_stride=stride).eval()
+    lengths = torch.tensor([101, 57, 9, 1])
+    log_probs, out_lengths = model(torch.randn(4, 101, 80), lengths)
+    expected = [-(-n // stride) for n in lengths.tolist()]  # ceil
+    assert out_lengths.tolist() == expected
+    assert model.output_lengths(lengths).tolist() == expected
+    assert log_probs.shape == (4, max(expected), 29)
+    assert torch.allclose(log_probs.exp().sum(-1), torch.ones(4, max(expected)), atol=1e-5)
+
+
+def test_batched_equals_alone():
+    """Padding must not leak into valid frames (packed BiLSTM + masked convolutions)."""
+    model = small().eval()
+    feats = torch.randn(3, 120, 80)
+    lengths = torch.tensor([120, 64, 33])
+    batched, out_lengths = model(feats, lengths)
+    for i in range(3):
+        alone, _ = model(feats[i : i + 1, : lengths[i]], lengths[i : i + 1])
+        assert torch.allclose(alone[0], batched[i, : out_lengths[i]], atol=1e-5)
+
+
+def test_parameter_count_printed(capsys):
+    model = build_model("blstm_ctc", {"hidden_size": 64, "num_layers": 1})
+    assert f"{count_parameters(model) / 1e6:.2f}M parameters" in capsys.readouterr().out
+
+
+def test_unknown_config_key_is_named():
+    with pytest.raises(ValueError, match="hiden_size"):
+        config_from_dict(BLSTMCTCConfig, {"hiden_size": 3})
+    with pytest.raises(ValueError, match="unknown model 'nope'"):
+        build_model("nope")
+
+
+def test_nested_specaugment_config():
+    cfg = config_from_dict(BLSTMCTCConfig, {"specaugment": {"freq_masks": 0}})
+    assert cfg.specaugment.freq_masks == 0 and cfg.specaugment.time_masks == 2
+
+
+def test_gradients_flow_through_ctc():
+    model = small().train()
+    feats, lengths = torch.randn(2, 80, 80), torch.tensor([80, 60])
+    log_probs, out_lengths = model(feats, lengths)
+    targets = torch.randint(1, 29, (2, 5))
+    loss = torch.nn.functional.ctc_loss(
+        log_probs.transpose(0, 1), targets, out_lengths, torch.tensor([5, 5]), zero_infinity=True
+    )
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
