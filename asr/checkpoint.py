@@ -77,6 +77,11 @@ def save_checkpoint(
         raise
 
 
+def write_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
+    """Write a loaded (or averaged) :class:`Checkpoint` back to a file, atomically."""
+    save_checkpoint(path, ckpt.build_model(), ckpt.model_name, ckpt.tokenizer, ckpt.metadata, ckpt.trainer_state)
+
+
 class CheckpointError(RuntimeError):
     """A file that is not a usable asr checkpoint (one-line message)."""
 
@@ -100,3 +105,26 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         metadata=payload["metadata"],
         trainer_state=payload["trainer_state"],
     )
+
+
+def average_checkpoints(paths: list[str | os.PathLike]) -> Checkpoint:
+    """Element-wise mean of the floating-point weights of several checkpoints of one model.
+
+    Integer buffers (e.g. counters) are taken from the last checkpoint. Averaging the last few
+    epochs usually gives a better model than any one of them (flatter optimum).
+    """
+    if not paths:
+        raise CheckpointError("no checkpoints to average")
+    checkpoints = [load_checkpoint(p) for p in paths]
+    last = checkpoints[-1]
+    for path, ckpt in zip(paths, checkpoints):
+        if ckpt.model_name != last.model_name or ckpt.model_config != last.model_config:
+            raise CheckpointError(f"{path}: a different model from {paths[-1]}; cannot average")
+    averaged = {}
+    for key, value in last.state_dict.items():
+        if value.is_floating_point():
+            averaged[key] = sum(c.state_dict[key].double() for c in checkpoints).div(len(checkpoints)).to(value.dtype)
+        else:
+            averaged[key] = value
+    metadata = {**last.metadata, "averaged_from": [str(p) for p in paths]}
+    return dataclasses.replace(last, state_dict=averaged, metadata=metadata, trainer_state=None)

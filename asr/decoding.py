@@ -1,12 +1,33 @@
-"""CTC decoding: greedy (best path)."""
+"""CTC decoding: greedy (best path), and beam search with an optional word n-gram LM.
+
+Beam search is flashlight's, through torchaudio's ``ctc_decoder``, in two modes:
+
+* **lexicon-free** (``lexicon=None``): any character sequence can be produced, so words never
+  seen in the LM's training text can still be spelled (open vocabulary). torchaudio's
+  lexicon-free decoder asks its LM for a score at *every token* (with a KenLM path it treats
+  each character as a word), so a word LM is wrapped here: characters accumulate into a word
+  that is scored by KenLM when the space token ends it, and at the end of the utterance;
+  a word outside the LM's vocabulary gets the LM's ``<unk>`` probability plus ``unk_score``.
+* **lexicon** (a file from :func:`write_lexicon`): only the lexicon's words can be produced
+  (closed vocabulary), with the LM's look-ahead smeared over the spelling trie.
+
+Scores add the acoustic natural-log probabilities, ``lm_weight`` times the LM's log10
+probabilities, and ``word_score`` per word.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from asr.text import Tokenizer
+from asr.ngram import UNK, arpa_vocabulary
+from asr.text import ALPHABET, BLANK, Tokenizer
 
 
 @dataclass
@@ -14,6 +35,7 @@ class Hypothesis:
     text: str
     tokens: list[int]
     frames: list[int]  # output frame at which each token is emitted (for word timestamps)
+    score: float | None = None  # beam search: acoustic + weighted LM score; None for greedy
 
 
 def greedy_ctc_decode(log_probs: torch.Tensor, lengths: torch.Tensor, tokenizer: Tokenizer) -> list[Hypothesis]:
@@ -31,3 +53,259 @@ def greedy_ctc_decode(log_probs: torch.Tensor, lengths: torch.Tensor, tokenizer:
         tokens = ids[mask].tolist()
         hyps.append(Hypothesis(tokenizer.decode(tokens), tokens, frames))
     return hyps
+
+
+# flashlight's word-boundary ("silence") token; our space is mapped to it because a lexicon
+# file separates spelling tokens by spaces and so cannot hold a space token.
+SIL_TOKEN = "|"
+
+
+@dataclass
+class BeamSearchOptions:
+    beam_size: int = 32  # hypotheses kept after each frame
+    beam_size_token: int | None = 10  # most probable tokens tried per frame (None: all)
+    beam_threshold: float = 25.0  # drop hypotheses scoring this much below the best
+    lm: str | None = None  # ARPA file, or KenLM binary (binary needs a lexicon); None: no LM
+    lexicon: str | None = None  # from write_lexicon; None: lexicon-free (open vocabulary)
+    lm_weight: float = 1.0  # times log10 LM probability
+    word_score: float = 0.0  # added per word (with an LM or a lexicon)
+    unk_score: float = 0.0  # lexicon-free with an LM: added per word outside the LM vocabulary
+    sil_score: float = 0.0  # added per frame that emits the space token
+    nbest: int = 1
+
+
+def _ctc_decoder_module():
+    """torchaudio's flashlight decoder, imported only when beam search is used."""
+    try:
+        import flashlight.lib.text.decoder  # noqa: F401  (torchaudio's decoder wraps it)
+    except ImportError as err:
+        raise ImportError("beam search needs flashlight-text: pip install 'asr[lm]'") from err
+    from torchaudio.models import decoder
+
+    return decoder
+
+
+class BeamSearchDecoder:
+    """CTC beam search over a tokenizer's characters, optionally with a lexicon and a word LM.
+
+    >>> decoder = BeamSearchDecoder(Tokenizer(), BeamSearchOptions(lm="lm.arpa"))  # doctest: +SKIP
+    >>> decoder.decode(log_probs, lengths)[0].text  # doctest: +SKIP
+    """
+
+    def __init__(self, tokenizer: Tokenizer, options: BeamSearchOptions | None = None) -> None:
+        options = options or BeamSearchOptions()
+        module = _ctc_decoder_module()
+        if SIL_TOKEN in tokenizer.alphabet:
+            raise ValueError(f"the alphabet holds {SIL_TOKEN!r}, which beam search uses for the space")
+        self.tokenizer = tokenizer
+        self.options = options
+        # flashlight token i is our id i: blank first, our space renamed to its silence token
+        tokens = [SIL_TOKEN if token == " " else token for token in tokenizer.tokens]
+        common = dict(
+            tokens=tokens,
+            nbest=options.nbest,
+            beam_size=options.beam_size,
+            beam_size_token=options.beam_size_token,
+            beam_threshold=options.beam_threshold,
+            sil_score=options.sil_score,
+            blank_token=BLANK,
+            sil_token=SIL_TOKEN,
+            unk_word=UNK,
+        )
+        if options.lexicon is not None:
+            for name in (options.lexicon, options.lm):
+                if name is not None and not os.path.isfile(name):
+                    raise FileNotFoundError(f"no such file: {name}")
+            # unk_score -inf: flashlight would otherwise emit <unk> for any prefix of a lexicon word
+            self._decoder = module.ctc_decoder(
+                lexicon=options.lexicon,
+                lm=options.lm,
+                lm_weight=options.lm_weight,
+                word_score=options.word_score,
+                unk_score=-math.inf,
+                **common,
+            )
+        elif options.lm is not None:
+            # the word LM applies the weights itself, so the decoder's lm_weight is 1
+            self._word_lm = _word_lm_class()(options, tokenizer)
+            self._decoder = module.ctc_decoder(lexicon=None, lm=self._word_lm, lm_weight=1.0, **common)
+        else:
+            self._decoder = module.ctc_decoder(lexicon=None, lm=None, **common)
+
+    def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
+        """Best hypothesis per utterance. Shapes: log-probs ``(batch, frames, vocab)``, lengths ``(batch,)``."""
+        return [nbest[0] for nbest in self.decode_nbest(log_probs, lengths)]
+
+    def decode_nbest(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[Hypothesis]]:
+        """Up to ``options.nbest`` hypotheses per utterance, best first."""
+        if log_probs.ndim != 3 or log_probs.shape[-1] != len(self.tokenizer):
+            raise ValueError(
+                f"expected log-probs (batch, frames, {len(self.tokenizer)}), got {tuple(log_probs.shape)}"
+            )
+        log_probs = log_probs.detach().to("cpu", torch.float32).contiguous()
+        lengths = lengths.detach().to("cpu", torch.int64)
+        results = self._decoder(log_probs, lengths)
+        return [
+            [self._hypothesis(result, int(length)) for result in nbest] or [Hypothesis("", [], [], -math.inf)]
+            for nbest, length in zip(results, lengths)
+        ]
+
+    def _hypothesis(self, result, length: int) -> Hypothesis:
+        # flashlight's path has length + 2 steps: a silence before frame 0 (step 0), the frames
+        # (steps 1..length) and a silence after the end (step length + 1); only frames are kept.
+        kept = [
+            (token, step - 1)
+            for token, step in zip(result.tokens.tolist(), result.timesteps.tolist())
+            if 0 < step <= length
+        ]
+        tokens = [token for token, _ in kept]
+        frames = [frame for _, frame in kept]
+        words = result.words if self.options.lexicon is not None else self.tokenizer.decode(tokens).split()
+        return Hypothesis(" ".join(words), tokens, frames, float(result.score))
+
+
+@functools.cache
+def _word_lm_class():
+    """The word LM for the lexicon-free decoder; a class made on first use because its base
+    class comes from torchaudio's decoder, which is imported only when beam search is used."""
+    module = _ctc_decoder_module()
+    from flashlight.lib.text.decoder.kenlm import KenLM
+    from flashlight.lib.text.dictionary import Dictionary
+
+    class WordLM(module.CTCDecoderLM):
+        """Scores each word when the space token (or the end) closes it, with a look-ahead inside it.
+
+        A word's exact score (``lm_weight`` * log10 P(word | history) + ``word_score``, plus
+        ``unk_score`` outside the vocabulary) is known only when the word ends; until then the
+        decoder would compare hypotheses on acoustics alone and could prune the right spelling.
+        So, as flashlight does over its lexicon trie, each prefix is scored by the best unigram
+        log10 probability of the words it begins (and a prefix of no word by the ``<unk>`` one),
+        and the word's exact score replaces that look-ahead when the word ends.
+
+        States form a trie over the emitted tokens (``state.child(token)``), so hypotheses with
+        the same text share a state and flashlight merges them. Each state maps to
+        ``(KenLM state, unfinished word, its look-ahead score, score of the step into the state)``.
+        """
+
+        def __init__(self, options: BeamSearchOptions, tokenizer: Tokenizer) -> None:
+            super().__init__()
+            words = arpa_vocabulary(options.lm)
+            if UNK not in words:
+                words.append(UNK)
+            self._index = {word: i for i, word in enumerate(words)}
+            self._unk = self._index[UNK]
+            self._kenlm = KenLM(options.lm, Dictionary(words))
+            self._characters = tokenizer.tokens
+            self._space = tokenizer.tokens.index(" ")
+            self._options = options
+            self._states: dict = {}
+            unigram = self._kenlm.start(True)  # no context: unigram probabilities
+            self._oov_lookahead = options.lm_weight * self._kenlm.score(unigram, self._unk)[1] + options.unk_score
+            self._lookahead: dict[str, float] = {}
+            for word, index in self._index.items():
+                if word.startswith("<") and word.endswith(">"):
+                    continue
+                score = options.lm_weight * self._kenlm.score(unigram, index)[1]
+                for end in range(1, len(word) + 1):
+                    prefix = word[:end]
+                    self._lookahead[prefix] = max(score, self._lookahead.get(prefix, -math.inf))
+
+        def start(self, start_with_nothing: bool):
+            self._states.clear()  # the previous utterance's states are gone from the decoder
+            state = module.CTCDecoderLMState()
+            self._states[state] = (self._kenlm.start(start_with_nothing), "", 0.0, 0.0)
+            return state
+
+        def score(self, state, token: int):
+            child = state.child(token)
+            entry = self._states.get(child)
+            if entry is None:
+                lm_state, partial, lookahead, _ = self._states[state]
+                if token != self._space:
+                    partial += self._characters[token]
+                    new = self._lookahead.get(partial, self._oov_lookahead)
+                    entry = (lm_state, partial, new, new - lookahead)
+                elif partial:
+                    lm_state, exact = self._score_word(lm_state, partial)
+                    entry = (lm_state, "", 0.0, exact - lookahead)
+                else:  # a space with no word before it (leading or doubled) closes nothing
+                    entry = (lm_state, "", 0.0, 0.0)
+                self._states[child] = entry
+            return child, entry[3]
+
+        def finish(self, state):
+            lm_state, partial, lookahead, _ = self._states[state]
+            score = 0.0
+            if partial:
+                lm_state, exact = self._score_word(lm_state, partial)
+                score = exact - lookahead
+            lm_state, end = self._kenlm.finish(lm_state)
+            return state, score + self._options.lm_weight * end
+
+        def _score_word(self, lm_state, word: str):
+            index = self._index.get(word, self._unk)
+            lm_state, log10_prob = self._kenlm.score(lm_state, index)
+            score = self._options.lm_weight * log10_prob + self._options.word_score
+            if index == self._unk:
+                score += self._options.unk_score
+            return lm_state, score
+
+    return WordLM
+
+
+def write_lexicon(words: Iterable[str], path: str | os.PathLike, alphabet: str = ALPHABET) -> int:
+    """Write a flashlight lexicon: ``WORD<TAB>W O R D`` per line, for the lexicon decoder.
+
+    A word is spelled by its characters alone, without a trailing space token: the decoder
+    emits a word at its last character and takes spaces between words on its own, so the last
+    word of an utterance (which our models do not follow by a space) still completes.
+    LM markers (``<s>``, ``</s>``, ``<unk>``) are skipped, so an LM's vocabulary
+    (:func:`asr.ngram.arpa_vocabulary`) can be passed as it is. Returns the number of words written.
+    """
+    count = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for word in dict.fromkeys(words):
+            if word.startswith("<") and word.endswith(">"):
+                continue
+            bad = sorted(set(word) - set(alphabet.replace(" ", "")))
+            if bad or not word:
+                raise ValueError(f"cannot spell {word!r} with the tokenizer's characters (bad: {bad})")
+            f.write(f"{word}\t{' '.join(word)}\n")
+            count += 1
+    return count
+
+
+def tune_lm_weights(
+    log_probs: Sequence[torch.Tensor],
+    lengths: Sequence[torch.Tensor],
+    references: Sequence[str],
+    tokenizer: Tokenizer,
+    options: BeamSearchOptions,
+    lm_weights: Sequence[float] = (0.5, 1.0, 1.5, 2.0, 3.0),
+    word_scores: Sequence[float] = (-2.0, -1.0, 0.0, 1.0, 2.0),
+) -> tuple[float, float, list[tuple[float, float, float]]]:
+    """Grid search of ``lm_weight`` and ``word_score`` for the lowest WER on a dev set.
+
+    Args:
+        log_probs, lengths: the model's outputs, batch by batch: ``(batch, frames, vocab)`` and ``(batch,)``.
+        references: normalised transcripts, in the order of the utterances in the batches.
+        options: the other beam search options (lm, lexicon, beam sizes).
+
+    Returns:
+        ``(best lm_weight, best word_score, table)`` with table rows ``(lm_weight, word_score, wer)``
+        in grid order; ties go to the earlier grid point.
+    """
+    import jiwer
+
+    table = []
+    for lm_weight in lm_weights:
+        for word_score in word_scores:
+            decoder = BeamSearchDecoder(
+                tokenizer, dataclasses.replace(options, lm_weight=lm_weight, word_score=word_score, nbest=1)
+            )
+            hypotheses = [h.text for batch, n in zip(log_probs, lengths) for h in decoder.decode(batch, n)]
+            if len(hypotheses) != len(references):
+                raise ValueError(f"{len(hypotheses)} utterances decoded but {len(references)} references given")
+            table.append((lm_weight, word_score, jiwer.wer(list(references), hypotheses)))
+    best = min(table, key=lambda row: row[2])
+    return best[0], best[1], table

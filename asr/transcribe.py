@@ -53,3 +53,24 @@ class Transcriber:
             samples += len(segment)
             texts.append(self.transcribe_audio(segment))
         return Transcript(" ".join(t for t in texts if t), samples / 16000)
+
+
+def decode_manifest(checkpoint: str | os.PathLike, manifest: str | os.PathLike, out: str | os.PathLike, device: str = "cpu") -> int:
+    """Greedy-decode every utterance of a manifest into ``id<TAB>text`` lines; returns failures."""
+    from tqdm import tqdm
+
+    from asr.audio import AudioError
+    from asr.data.manifest import read_manifest
+
+    transcriber = Transcriber(checkpoint, device=device)
+    failures = 0
+    with open(out, "w") as f:
+        for entry in tqdm(read_manifest(manifest), desc="decode", unit="utt", mininterval=2.0):
+            try:
+                text = transcriber.transcribe_file(entry["audio"]).text
+            except AudioError as err:
+                print(f"error: {err}")
+                failures += 1
+                continue
+            f.write(f"{entry['id']}\t{text}\n")
+    return failures

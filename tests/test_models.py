@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from asr.models import build_model, config_from_dict, count_parameters
+from asr.config import config_from_dict
+from asr.models import build_model, count_parameters
 from asr.models.blstm_ctc import BLSTMCTCConfig
 
 

@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from torch import nn
 
+from asr.config import config_from_dict
 from asr.models.blstm_ctc import BLSTMCTC, BLSTMCTCConfig
 
 MODELS: dict[str, tuple[type[nn.Module], type]] = {
     "blstm_ctc": (BLSTMCTC, BLSTMCTCConfig),
 }
-
-
-def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """Build a (nested) dataclass from a dict, rejecting unknown keys with their names."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}; known: {', '.join(fields)}")
-    kwargs = {}
-    for name, value in values.items():
-        default = fields[name].default_factory if fields[name].default_factory is not dataclasses.MISSING else None
-        if isinstance(value, dict) and default is not None and dataclasses.is_dataclass(default):
-            value = config_from_dict(default, value)
-        kwargs[name] = value
-    return cls(**kwargs)
 
 
 def count_parameters(model: nn.Module) -> int:

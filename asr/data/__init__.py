@@ -1,0 +1,1 @@
+"""Corpora: JSONL manifests, LibriSpeech download and preparation, batching."""

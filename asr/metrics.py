@@ -1,0 +1,156 @@
+"""Word and character error rates with an error breakdown, via jiwer.
+
+Both sides are normalised with :func:`asr.text.normalize_text` first, so that case and
+punctuation never count as errors. CER counts spaces as characters (jiwer's definition).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+import jiwer
+
+from asr.text import normalize_text
+
+
+@dataclass
+class ScoreReport:
+    wer: float
+    cer: float
+    substitutions: int
+    deletions: int
+    insertions: int
+    hits: int
+    ref_words: int  # N = S + D + hits
+    ref_chars: int
+    confused: Counter[tuple[str, str]]  # (reference word, hypothesis word) -> count
+    inserted: Counter[str]
+    deleted: Counter[str]
+    alignments: dict[str, str]  # utterance id -> REF/HYP alignment text
+    missing: list[str] = field(default_factory=list)  # ids without a hypothesis, scored as empty
+    extra: list[str] = field(default_factory=list)  # ids without a reference, not scored
+
+    def summary(self, top: int = 10) -> str:
+        """The report as printed by ``asr score``."""
+        lines = [
+            f"WER {self.wer:.4f} (S={self.substitutions}, D={self.deletions}, I={self.insertions}, N={self.ref_words})",
+            f"CER {self.cer:.4f}",
+        ]
+        if self.missing:
+            lines.append(f"{len(self.missing)} utterance(s) have no hypothesis and count as deleted: {_ids(self.missing)}")
+        if self.extra:
+            lines.append(f"{len(self.extra)} hypothesis id(s) have no reference and are not scored: {_ids(self.extra)}")
+        for title, counts in (
+            ("substitutions (ref -> hyp)", Counter({f"{r} -> {h}": n for (r, h), n in self.confused.items()})),
+            ("deletions", self.deleted),
+            ("insertions", self.inserted),
+        ):
+            if counts and top > 0:
+                lines.append(f"top {title}:")
+                lines.extend(f"  {n:6d}  {item}" for item, n in counts.most_common(top))
+        return "\n".join(lines)
+
+
+def _ids(ids: list[str], limit: int = 5) -> str:
+    return ", ".join(ids[:limit]) + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
+
+
+def score(refs: dict[str, str], hyps: dict[str, str]) -> ScoreReport:
+    """Score hypotheses against references, utterance by utterance (matched by id).
+
+    A reference without a hypothesis is scored against an empty one (all its words deleted) and
+    listed in ``missing``; a hypothesis without a reference is listed in ``extra`` and ignored.
+    """
+    if not refs:
+        raise ValueError("no references to score against")
+    ids = list(refs)
+    missing = [i for i in ids if i not in hyps]
+    extra = [i for i in hyps if i not in refs]
+    ref_texts = [normalize_text(refs[i])[0] for i in ids]
+    hyp_texts = [normalize_text(hyps.get(i, ""))[0] for i in ids]
+
+    words = jiwer.process_words(ref_texts, hyp_texts)
+    chars = jiwer.process_characters(ref_texts, hyp_texts)
+    ref_words = words.hits + words.substitutions + words.deletions
+    ref_chars = chars.hits + chars.substitutions + chars.deletions
+    if not ref_words:
+        raise ValueError("the references hold no words")
+
+    # Counted word by word from the alignments rather than with jiwer.collect_error_counts,
+    # which counts a run of several deleted (inserted, substituted) words as one phrase, so
+    # that its counts would not add up to D (I, S).
+    confused: Counter[tuple[str, str]] = Counter()
+    inserted: Counter[str] = Counter()
+    deleted: Counter[str] = Counter()
+    for ref, hyp, chunks in zip(words.references, words.hypotheses, words.alignments):
+        for chunk in chunks:
+            ref_span = ref[chunk.ref_start_idx : chunk.ref_end_idx]
+            hyp_span = hyp[chunk.hyp_start_idx : chunk.hyp_end_idx]
+            if chunk.type == "substitute":
+                confused.update(zip(ref_span, hyp_span))
+            elif chunk.type == "delete":
+                deleted.update(ref_span)
+            elif chunk.type == "insert":
+                inserted.update(hyp_span)
+
+    alignments = {}
+    for i, ref, hyp in zip(ids, ref_texts, hyp_texts):
+        text = jiwer.visualize_alignment(jiwer.process_words(ref, hyp), show_measures=False, skip_correct=False)
+        # drop jiwer's "=== SENTENCE 1 ===" header: the id takes its place
+        alignments[i] = text.strip().split("\n", 1)[1].strip("\n")
+
+    return ScoreReport(
+        wer=(words.substitutions + words.deletions + words.insertions) / ref_words,
+        cer=(chars.substitutions + chars.deletions + chars.insertions) / ref_chars,
+        substitutions=words.substitutions,
+        deletions=words.deletions,
+        insertions=words.insertions,
+        hits=words.hits,
+        ref_words=ref_words,
+        ref_chars=ref_chars,
+        confused=confused,
+        inserted=inserted,
+        deleted=deleted,
+        alignments=alignments,
+        missing=missing,
+        extra=extra,
+    )
+
+
+def write_alignments(report: ScoreReport, path: str | os.PathLike) -> None:
+    """Write each utterance's alignment under its id, in reference order."""
+    with open(path, "w", encoding="utf-8") as f:
+        for i, text in report.alignments.items():
+            f.write(f"=== {i} ===\n{text}\n\n")
+
+
+def read_transcripts(path: str | os.PathLike) -> dict[str, str]:
+    """Read ``id<TAB>text`` lines or a JSONL manifest (``{"id": ..., "text": ...}`` per line).
+
+    The format is taken from the first non-blank line: JSON if it starts with ``{``. A line
+    without a tab is split at its first space (Kaldi ``text`` files). A line with an id and no
+    text is an empty transcript; blank lines are skipped.
+    """
+    transcripts: dict[str, str] = {}
+    with open(path, encoding="utf-8") as f:
+        lines = [(number, line.rstrip("\r\n")) for number, line in enumerate(f, start=1) if line.strip()]
+    is_json = bool(lines) and lines[0][1].lstrip().startswith("{")
+    for number, line in lines:
+        if is_json:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+            if not isinstance(entry, dict) or "id" not in entry or "text" not in entry:
+                raise ValueError(f"{path}:{number}: expected a JSON object with \"id\" and \"text\"")
+            key, text = str(entry["id"]), entry["text"]
+        else:
+            key, _, text = line.partition("\t" if "\t" in line else " ")
+            key = key.strip()
+        if key in transcripts:
+            raise ValueError(f"{path}:{number}: duplicate id {key!r}")
+        transcripts[key] = text
+    return transcripts

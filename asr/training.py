@@ -1,0 +1,451 @@
+"""Training: CTC with AdamW, warm-up + cosine decay, gradient clipping, mixed precision on
+CUDA, DDP through ``torchrun``, validation CER/WER each epoch, atomic checkpoints, exact resume.
+
+Exact resume: ``exp/last.pt`` holds the model, optimizer, scheduler, the epoch and the number of
+batches already taken from it, and every RNG state. Data randomness is a function of
+``(seed, epoch, utterance)`` (see :mod:`asr.data.loader`), and the DataLoader gets its own
+generator so that starting a loader never consumes the global RNG. A run killed at any point
+and resumed from ``last.pt`` therefore computes exactly the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from asr.checkpoint import load_checkpoint, save_checkpoint
+from asr.data.loader import (
+    SPEEDS,
+    AugmentConfig,
+    BucketBatchSampler,
+    UtteranceDataset,
+    collate,
+    filter_for_ctc,
+)
+from asr.data.manifest import read_manifest
+from asr.decoding import greedy_ctc_decode
+from asr.features import LogMelFrontend, accumulate_stats
+from asr.models import build_model
+from asr.text import Tokenizer
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # JSONL manifest
+    valid: str | None = None
+    max_frames: int = 40000  # padded feature frames per batch (10 ms each): 400 s of audio
+    max_duration: float = 35.0  # seconds; longer utterances are dropped (count printed)
+    num_workers: int = 1
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    warmup_steps: int = 300
+    final_lr_ratio: float = 0.02  # cosine decay from lr to lr * final_lr_ratio
+    grad_clip: float = 5.0
+
+
+@dataclass
+class TrainConfig:
+    exp_dir: str = "exp"
+    model: str = "blstm_ctc"
+    model_config: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: int = 10
+    seed: int = 0
+    device: str = "auto"  # auto: cuda if available, else cpu
+    dither: float = 1e-4  # waveform dither in training (full scale = 1)
+    cmvn: str | None = None  # stats file from `asr compute-cmvn`; computed from train if unset
+    init_from: str | None = None  # checkpoint whose weights (and CMVN) start the training
+    save_every_steps: int = 200  # mid-epoch last.pt for resume
+    log_every_steps: int = 20
+    keep_epoch_checkpoints: int = 5  # for `asr average`
+    threads: int | None = None  # torch CPU threads (default: torch's choice)
+
+
+# ---------------------------------------------------------------------------------------------
+# CMVN statistics
+
+
+def compute_cmvn_stats(manifest: str | os.PathLike, n_mels: int = 80, max_utterances: int | None = 2000) -> dict:
+    """Per-bin sum, sum of squares and frame count of log-mel features over (a sample of) a manifest."""
+    from asr.audio import load_audio
+
+    entries = read_manifest(manifest)
+    if max_utterances is not None and len(entries) > max_utterances:
+        rng = random.Random(0)
+        entries = rng.sample(entries, max_utterances)
+    frontend = LogMelFrontend(n_mels).eval()
+    total = torch.zeros(n_mels, dtype=torch.float64)
+    total_sq = torch.zeros(n_mels, dtype=torch.float64)
+    count = 0
+    with torch.inference_mode():
+        for entry in tqdm(entries, desc="cmvn", unit="utt", mininterval=2.0):
+            feats, lengths = frontend(load_audio(entry["audio"])[None])
+            s, sq, n = accumulate_stats(feats, lengths)
+            total += s
+            total_sq += sq
+            count += n
+    return {"sum": total, "sum_sq": total_sq, "count": count, "n_mels": n_mels}
+
+
+def save_cmvn_stats(stats: dict, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(stats, tmp)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _cosine_schedule(warmup: int, total: int, final_ratio: float):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    random.setstate(state["python"])
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size); initialises the process group under torchrun."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), world_size
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer
+
+
+class Trainer:
+    """Runs :class:`TrainConfig` end to end: ``Trainer(config).fit()``."""
+
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.rank, local_rank, self.world_size = _distributed()
+        self.is_main = self.rank == 0
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        if config.device == "auto":
+            self.device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        else:
+            self.device = torch.device(config.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+            torch.backends.cudnn.benchmark = True
+        self.exp_dir = Path(config.exp_dir)
+        self.exp_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+        random.seed(config.seed)
+
+        self.tokenizer = Tokenizer()
+        self.model = build_model(config.model, {"vocab_size": len(self.tokenizer), **config.model_config}, verbose=self.is_main)
+        self._init_weights_and_cmvn()
+        self.model.to(self.device)
+        self.frontend = LogMelFrontend(self.model.config.n_mels, dither=config.dither).to(self.device)
+
+        augment = config.data.augment
+        slowest = min(SPEEDS) if augment.speed_perturb else 1.0
+        train_entries = self._load_entries(config.data.train, "train", slowest)
+        self.train_set = UtteranceDataset(train_entries, self.tokenizer, augment, seed=config.seed)
+        self.sampler = BucketBatchSampler(
+            [e["duration"] for e in train_entries],
+            config.data.max_frames,
+            seed=config.seed,
+            rank=self.rank,
+            world_size=self.world_size,
+            max_speed_factor=slowest,
+        )
+        self.valid_entries = self._load_entries(config.data.valid, "valid", 1.0) if config.data.valid else []
+
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay, betas=(0.9, 0.98)
+        )
+        self.steps_per_epoch = len(self.sampler)
+        self.total_steps = config.epochs * self.steps_per_epoch
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            _cosine_schedule(config.optim.warmup_steps, self.total_steps, config.optim.final_lr_ratio),
+        )
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.best_wer = math.inf
+        self.skipped_batches = 0
+        self._resume()
+        self.ddp_model = (
+            torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            if self.world_size > 1
+            else self.model
+        )
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def _log(self, message: str) -> None:
+        if self.is_main:
+            tqdm.write(message)
+
+    def _init_weights_and_cmvn(self) -> None:
+        if self.config.init_from:
+            ckpt = load_checkpoint(self.config.init_from)
+            self.model.load_state_dict(ckpt.state_dict)
+            self._log(f"initialised from {self.config.init_from}")
+        if self.config.cmvn:
+            stats = torch.load(self.config.cmvn, weights_only=True)
+            self.model.cmvn.set_stats(stats["sum"], stats["sum_sq"], stats["count"])
+        elif not self.config.init_from:
+            self._log("computing CMVN statistics from the training data (pass cmvn=FILE to reuse)")
+            stats = compute_cmvn_stats(self.config.data.train, self.model.config.n_mels, max_utterances=500)
+            self.model.cmvn.set_stats(stats["sum"], stats["sum_sq"], stats["count"])
+
+    def _load_entries(self, manifest: str, name: str, slowest_speed: float) -> list[dict]:
+        entries = read_manifest(manifest)
+        kept, dropped = filter_for_ctc(entries, self.model.output_lengths, self.config.data.max_duration, slowest_speed)
+        hours = sum(e["duration"] for e in kept) / 3600
+        self._log(f"{name}: {len(kept)} utterances, {hours:.2f} h from {manifest}")
+        for reason, count in dropped.items():
+            if count:
+                self._log(f"{name}: dropped {count} utterance(s): {reason}")
+        if not kept:
+            raise ValueError(f"{manifest}: no usable utterances")
+        return kept
+
+    def _resume(self) -> None:
+        path = self.exp_dir / "last.pt"
+        if not path.exists():
+            return
+        ckpt = load_checkpoint(path)
+        state = ckpt.trainer_state
+        if state is None:
+            raise ValueError(f"{path} has no trainer state; remove it or use init_from= to start from its weights")
+        self.model.load_state_dict(ckpt.state_dict)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
+        self.best_wer, self.skipped_batches = state["best_wer"], state["skipped_batches"]
+        if state["world_size"] == self.world_size:
+            _set_rng_state(state["rng"][self.rank])
+        else:
+            # a different world size changes which batches each rank sees; continue from the
+            # same epoch position, counted in global batches
+            self.batch_in_epoch = state["batch_in_epoch"] * state["world_size"] // self.world_size
+            _set_rng_state(state["rng"][0])
+        self._log(f"resumed from {path}: epoch {self.epoch + 1}, batch {self.batch_in_epoch}, step {self.step}")
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def _metadata(self, **extra: Any) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "config": asdict(self.config), **extra}
+
+    def _save_last(self) -> None:
+        rng = [_rng_state()]
+        if self.world_size > 1:
+            gathered: list = [None] * self.world_size
+            dist.all_gather_object(gathered, rng[0])
+            rng = gathered
+        if not self.is_main:
+            return
+        trainer_state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step,
+            "best_wer": self.best_wer,
+            "skipped_batches": self.skipped_batches,
+            "world_size": self.world_size,
+            "rng": rng,
+        }
+        save_checkpoint(self.exp_dir / "last.pt", self.model, self.config.model, self.tokenizer, self._metadata(), trainer_state)
+
+    # -- training ----------------------------------------------------------------------------
+
+    def _train_step(self, batch) -> tuple[torch.Tensor, bool]:
+        audio = batch.audio.to(self.device, non_blocking=True)
+        lengths = batch.audio_lengths.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            feats, feat_lengths = self.frontend(audio, lengths)
+            log_probs, out_lengths = self.ddp_model(feats, feat_lengths)
+        loss = torch.nn.functional.ctc_loss(
+            log_probs.float().transpose(0, 1),
+            batch.targets.to(self.device, non_blocking=True),
+            out_lengths,
+            batch.target_lengths.to(self.device, non_blocking=True),
+            blank=self.tokenizer.blank_id,
+            zero_infinity=True,
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+        # A non-finite loss gives non-finite gradients on every rank (DDP averages them), so
+        # all ranks skip the same steps together.
+        finite = bool(torch.isfinite(grad_norm))
+        if finite:
+            self.optimizer.step()
+        else:
+            self.skipped_batches += 1
+        self.scheduler.step()
+        return loss.detach(), finite
+
+    def _loader(self, dataset, sampler) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.config.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator(),  # keeps loader start-up off the global RNG (exact resume)
+            prefetch_factor=4 if self.config.data.num_workers > 0 else None,
+            persistent_workers=False,
+        )
+
+    def fit(self) -> dict:
+        """Train to ``config.epochs``; returns the last validation metrics."""
+        config = self.config
+        log_path = self.exp_dir / "log.csv"
+        metrics: dict = {}
+        self._log(
+            f"training {self.total_steps} steps ({config.epochs} epochs x {self.steps_per_epoch} batches"
+            f"{f' x {self.world_size} ranks' if self.world_size > 1 else ''}) on {self.device}"
+        )
+        while self.epoch < config.epochs:
+            self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch)
+            self.model.train()
+            self.frontend.train()
+            bar = tqdm(
+                total=self.steps_per_epoch,
+                initial=self.batch_in_epoch,
+                desc=f"epoch {self.epoch + 1}/{config.epochs}",
+                disable=not self.is_main,
+                mininterval=1.0 if os.isatty(2) else 30.0,
+                dynamic_ncols=True,
+            )
+            running_loss, running_count, audio_seconds, start = torch.zeros(()), 0, 0.0, time.perf_counter()
+            for batch in self._loader(self.train_set, self.sampler):
+                self.batch_in_epoch += 1
+                self.step += 1
+                if batch is not None:
+                    loss, finite = self._train_step(batch)
+                    if finite:
+                        running_loss += loss.cpu()
+                        running_count += 1
+                    audio_seconds += batch.audio_lengths.sum().item() / 16000 * self.world_size
+                bar.update(1)
+                if self.step % config.log_every_steps == 0 and running_count:
+                    bar.set_postfix(
+                        loss=f"{running_loss.item() / running_count:.3f}",
+                        lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
+                        audio_s_per_s=f"{audio_seconds / (time.perf_counter() - start):.0f}",
+                        refresh=False,
+                    )
+                if self.step % config.save_every_steps == 0:
+                    self._save_last()
+            bar.close()
+            elapsed = time.perf_counter() - start
+            train_loss = running_loss.item() / max(1, running_count)
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            metrics = self._end_of_epoch(train_loss, audio_seconds / max(elapsed, 1e-9), log_path)
+        if self.world_size > 1:
+            dist.barrier()
+        return metrics
+
+    def _end_of_epoch(self, train_loss: float, audio_per_second: float, log_path: Path) -> dict:
+        metrics = {"epoch": self.epoch, "step": self.step, "train_loss": round(train_loss, 4),
+                   "lr": self.scheduler.get_last_lr()[0], "audio_s_per_s": round(audio_per_second, 1),
+                   "skipped_batches": self.skipped_batches}
+        if self.is_main and self.valid_entries:
+            metrics.update(evaluate(self.model, self.frontend, self.valid_entries, self.tokenizer, self.device))
+        if self.is_main:
+            improved = metrics.get("valid_wer", -self.epoch) < self.best_wer
+            if improved:
+                self.best_wer = metrics.get("valid_wer", -self.epoch)
+            self._log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+            new_file = not log_path.exists()
+            with open(log_path, "a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(metrics))
+                if new_file:
+                    writer.writeheader()
+                writer.writerow(metrics)
+            epoch_path = self.exp_dir / f"epoch-{self.epoch}.pt"
+            save_checkpoint(epoch_path, self.model, self.config.model, self.tokenizer, self._metadata(**metrics))
+            if improved:
+                save_checkpoint(self.exp_dir / "best.pt", self.model, self.config.model, self.tokenizer, self._metadata(**metrics))
+            stale = self.exp_dir / f"epoch-{self.epoch - self.config.keep_epoch_checkpoints}.pt"
+            stale.unlink(missing_ok=True)
+        self._save_last()
+        return metrics
+
+
+@torch.inference_mode()
+def evaluate(model, frontend, entries: list[dict], tokenizer: Tokenizer, device, max_frames: int = 60000) -> dict:
+    """Greedy CER/WER and mean CTC loss of ``model`` on manifest entries."""
+    was_training = model.training
+    model.eval()
+    frontend.eval()
+    sampler = BucketBatchSampler([e["duration"] for e in entries], max(max_frames, 4000), shuffle=False)
+    loader = DataLoader(UtteranceDataset(entries, tokenizer), batch_sampler=sampler, collate_fn=collate)
+    refs, hyps, loss_sum, count = [], [], 0.0, 0
+    for batch in loader:
+        if batch is None:
+            continue
+        feats, feat_lengths = frontend(batch.audio.to(device), batch.audio_lengths.to(device))
+        log_probs, out_lengths = model(feats, feat_lengths)
+        loss = torch.nn.functional.ctc_loss(
+            log_probs.float().transpose(0, 1), batch.targets.to(device), out_lengths,
+            batch.target_lengths.to(device), zero_infinity=True, reduction="sum",
+        )
+        loss_sum += loss.item()
+        count += len(batch.ids)
+        refs += batch.texts
+        hyps += [h.text for h in greedy_ctc_decode(log_probs, out_lengths, tokenizer)]
+    model.train(was_training)
+    frontend.train(was_training)
+    return {
+        "valid_loss": round(loss_sum / max(count, 1), 4),
+        "valid_cer": round(jiwer.cer(refs, hyps), 4),
+        "valid_wer": round(jiwer.wer(refs, hyps), 4),
+    }
