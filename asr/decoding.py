@@ -6,8 +6,9 @@ Beam search is flashlight's, through torchaudio's ``ctc_decoder``, in two modes:
   seen in the LM's training text can still be spelled (open vocabulary). torchaudio's
   lexicon-free decoder asks its LM for a score at *every token* (with a KenLM path it treats
   each character as a word), so a word LM is wrapped here: characters accumulate into a word
-  that is scored by KenLM when the space token ends it, and at the end of the utterance;
-  a word outside the LM's vocabulary gets the LM's ``<unk>`` probability plus ``unk_score``.
+  that is scored by KenLM when the space token ends it, and at the end of the utterance, with
+  a unigram look-ahead inside the word; a word outside the LM's vocabulary gets the LM's
+  ``<unk>`` probability plus ``unk_score``.
 * **lexicon** (a file from :func:`write_lexicon`): only the lexicon's words can be produced
   (closed vocabulary), with the LM's look-ahead smeared over the spelling trie.
 
@@ -69,7 +70,9 @@ class BeamSearchOptions:
     lexicon: str | None = None  # from write_lexicon; None: lexicon-free (open vocabulary)
     lm_weight: float = 1.0  # times log10 LM probability
     word_score: float = 0.0  # added per word (with an LM or a lexicon)
-    unk_score: float = 0.0  # lexicon-free with an LM: added per word outside the LM vocabulary
+    # lexicon-free with an LM: added per word outside the LM vocabulary, on top of the LM's
+    # <unk> probability (which lumps all unseen words together, so it is too kind to any one)
+    unk_score: float = -3.0
     sil_score: float = 0.0  # added per frame that emits the space token
     nbest: int = 1
 
@@ -112,10 +115,10 @@ class BeamSearchDecoder:
             sil_token=SIL_TOKEN,
             unk_word=UNK,
         )
+        for name in (options.lexicon, options.lm):
+            if name is not None and not os.path.isfile(name):
+                raise FileNotFoundError(f"no such file: {name}")
         if options.lexicon is not None:
-            for name in (options.lexicon, options.lm):
-                if name is not None and not os.path.isfile(name):
-                    raise FileNotFoundError(f"no such file: {name}")
             # unk_score -inf: flashlight would otherwise emit <unk> for any prefix of a lexicon word
             self._decoder = module.ctc_decoder(
                 lexicon=options.lexicon,
@@ -281,8 +284,8 @@ def tune_lm_weights(
     references: Sequence[str],
     tokenizer: Tokenizer,
     options: BeamSearchOptions,
-    lm_weights: Sequence[float] = (0.5, 1.0, 1.5, 2.0, 3.0),
-    word_scores: Sequence[float] = (-2.0, -1.0, 0.0, 1.0, 2.0),
+    lm_weights: Sequence[float] = (0.5, 1.0, 1.5, 2.0),
+    word_scores: Sequence[float] = (-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0),
 ) -> tuple[float, float, list[tuple[float, float, float]]]:
     """Grid search of ``lm_weight`` and ``word_score`` for the lowest WER on a dev set.
 

@@ -1,0 +1,243 @@
+"""Greedy and beam search CTC decoding on hand-made log-probs, with and without a word LM."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import random
+import sys
+import warnings
+
+import pytest
+import torch
+
+from asr.decoding import (
+    BeamSearchDecoder,
+    BeamSearchOptions,
+    greedy_ctc_decode,
+    tune_lm_weights,
+    write_lexicon,
+)
+from asr.ngram import ArpaModel, arpa_vocabulary, build_arpa
+from asr.text import Tokenizer
+
+TOK = Tokenizer()
+BLANK = "_"
+
+requires_flashlight = pytest.mark.skipif(
+    importlib.util.find_spec("flashlight") is None, reason="beam search needs flashlight-text (asr[lm])"
+)
+
+
+def frames(spec: list, peak: float = 0.9) -> torch.Tensor:
+    """Log-probs ``(frames, vocab)``: each item is a character (``_`` = blank) that gets ``peak``,
+    or a dict {character: probability}; the rest of the mass is spread evenly."""
+    rows = []
+    for item in spec:
+        wanted = {item: peak} if isinstance(item, str) else item
+        row = torch.full((len(TOK),), (1 - sum(wanted.values())) / (len(TOK) - len(wanted)))
+        for char, p in wanted.items():
+            row[0 if char == BLANK else TOK.tokens.index(char)] = p
+        rows.append(row.log())
+    return torch.stack(rows) if rows else torch.empty(0, len(TOK))
+
+
+def spelled(text: str) -> list[str]:
+    """One frame per character, each followed by a blank frame."""
+    return [item for char in text for item in (char, BLANK)]
+
+
+def batch(*utterances: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad with blank frames to ``(batch, frames, vocab)``; lengths ``(batch,)``."""
+    longest = max(len(u) for u in utterances)
+    padded = [torch.cat([u, frames([BLANK] * (longest - len(u)))]) for u in utterances]
+    return torch.stack(padded), torch.tensor([len(u) for u in utterances])
+
+
+# ---- greedy -------------------------------------------------------------------------------
+
+
+def test_greedy_collapses_repeats_and_drops_blanks():
+    log_probs, lengths = batch(frames(list("CC__AAT") + [BLANK]))
+    (hyp,) = greedy_ctc_decode(log_probs, lengths, TOK)
+    assert hyp.text == "CAT"
+    assert hyp.frames == [0, 4, 6]
+    assert hyp.tokens == TOK.encode("CAT")
+
+
+def test_greedy_blank_separates_repeated_letters():
+    (hyp,) = greedy_ctc_decode(*batch(frames(list("BOO_OK"))), TOK)
+    assert hyp.text == "BOOK"
+    assert hyp.frames == [0, 1, 4, 5]
+
+
+def test_greedy_batch_with_different_lengths():
+    # the padding frames of the short utterance say "X": they must be ignored
+    short = torch.cat([frames(spelled("HI")), frames(["X"] * 6)])
+    log_probs = torch.stack([short, frames(spelled("HELLO"))])
+    hyps = greedy_ctc_decode(log_probs, torch.tensor([4, 10]), TOK)
+    assert [h.text for h in hyps] == ["HI", "HELLO"]
+    assert hyps[0].frames == [0, 2]
+
+
+# ---- beam search ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def lm(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("lm") / "lm.arpa"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a tiny corpus: fixed fallback discounts
+        build_arpa(["THE CAT SAT", "A CAT SAT ON THE MAT", "THE DOG SAT", "THE CAT RAN"] * 3, path, order=3)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def lexicon(lm, tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("lexicon") / "lexicon.txt"
+    write_lexicon(arpa_vocabulary(lm), path)
+    return str(path)
+
+
+def ambiguous() -> tuple[torch.Tensor, torch.Tensor]:
+    """'THE ?AT SAT' where the first letter of the second word is K (0.55) or C (0.4)."""
+    return batch(frames(spelled("THE ") + [{"K": 0.55, "C": 0.4}, BLANK] + spelled("AT SAT")))
+
+
+@requires_flashlight
+def test_beam_without_lm_equals_greedy_on_peaky_posteriors():
+    random.seed(0)
+    utterances = []
+    for _ in range(6):
+        text = " ".join("".join(random.choices("ABCDEFGHIJKLMNOPQRSTUVWXYZ'", k=random.randint(1, 6))) for _ in range(3))
+        spec = [item for char in text for item in [char] * random.randint(1, 3) + [BLANK] * random.randint(0, 2)]
+        utterances.append(frames(spec, peak=random.uniform(0.6, 0.95)))
+    log_probs, lengths = batch(*utterances)
+    greedy = greedy_ctc_decode(log_probs, lengths, TOK)
+    beam = BeamSearchDecoder(TOK).decode(log_probs, lengths)
+    assert [(h.text, h.tokens, h.frames) for h in beam] == [(h.text, h.tokens, h.frames) for h in greedy]
+    assert all(h.score is not None and h.score < 0 for h in beam)
+
+
+@requires_flashlight
+def test_beam_with_lm_fixes_an_ambiguous_spelling(lm):
+    log_probs, lengths = ambiguous()
+    assert greedy_ctc_decode(log_probs, lengths, TOK)[0].text == "THE KAT SAT"
+    assert BeamSearchDecoder(TOK).decode(log_probs, lengths)[0].text == "THE KAT SAT"
+    (hyp,) = BeamSearchDecoder(TOK, BeamSearchOptions(lm=lm)).decode(log_probs, lengths)
+    assert hyp.text == "THE CAT SAT"
+    assert hyp.tokens == TOK.encode("THE CAT SAT")
+    assert hyp.frames == list(range(0, 22, 2))
+
+
+@requires_flashlight
+def test_lexicon_free_score_is_acoustic_plus_exact_lm_score(lm):
+    # the in-word look-ahead must cancel out: the final score holds exact word LM scores only
+    log_probs, lengths = ambiguous()
+    options = BeamSearchOptions(lm=lm, lm_weight=1.5, word_score=0.7)
+    (hyp,) = BeamSearchDecoder(TOK, options).decode(log_probs, lengths)
+    assert hyp.text == "THE CAT SAT"
+    path = [TOK.tokens.index(c) if c != BLANK else 0 for c in spelled("THE CAT SAT")]
+    acoustic = sum(log_probs[0, t, token].item() for t, token in enumerate(path))
+    model = ArpaModel(lm)
+    words = ["THE", "CAT", "SAT", "</s>"]
+    lm_score = sum(model.log10_prob(w, ["<s>", *words[:i]]) for i, w in enumerate(words))
+    assert hyp.score == pytest.approx(acoustic + 1.5 * lm_score + 0.7 * 3, abs=1e-4)
+
+
+@requires_flashlight
+def test_lexicon_free_lm_still_spells_unseen_words(lm):
+    log_probs, lengths = batch(frames(spelled("THE ZEBRA SAT")))
+    (hyp,) = BeamSearchDecoder(TOK, BeamSearchOptions(lm=lm)).decode(log_probs, lengths)
+    assert hyp.text == "THE ZEBRA SAT"
+
+
+@requires_flashlight
+def test_unk_score_penalises_words_outside_the_lm(lm):
+    # with a negligible LM weight and no penalty the acoustics pick KAT (0.55 against 0.4) ...
+    log_probs, lengths = ambiguous()
+    options = BeamSearchOptions(lm=lm, lm_weight=0.01, unk_score=0.0)
+    assert BeamSearchDecoder(TOK, options).decode(log_probs, lengths)[0].text == "THE KAT SAT"
+    # ... unless a word outside the LM costs more than log(0.55 / 0.4) = 0.32
+    options = BeamSearchOptions(lm=lm, lm_weight=0.01, unk_score=-1.0)
+    assert BeamSearchDecoder(TOK, options).decode(log_probs, lengths)[0].text == "THE CAT SAT"
+
+
+@requires_flashlight
+def test_lexicon_decoding_is_closed_vocabulary(lm, lexicon):
+    log_probs, lengths = ambiguous()
+    for options in (BeamSearchOptions(lexicon=lexicon), BeamSearchOptions(lexicon=lexicon, lm=lm)):
+        assert BeamSearchDecoder(TOK, options).decode(log_probs, lengths)[0].text == "THE CAT SAT"
+    log_probs, lengths = batch(frames(spelled("THE ZEBRA SAT")))
+    hyp = BeamSearchDecoder(TOK, BeamSearchOptions(lexicon=lexicon, lm=lm)).decode(log_probs, lengths)[0]
+    assert set(hyp.text.split()) <= set(arpa_vocabulary(lm))
+
+
+@requires_flashlight
+def test_lexicon_completes_the_last_word_without_a_trailing_space(lexicon):
+    log_probs, lengths = batch(frames(spelled("THE MAT")), frames(spelled("A DOG SAT") + [BLANK] * 3))
+    hyps = BeamSearchDecoder(TOK, BeamSearchOptions(lexicon=lexicon)).decode(log_probs, lengths)
+    assert [h.text for h in hyps] == ["THE MAT", "A DOG SAT"]
+
+
+@requires_flashlight
+def test_batch_lengths_and_frames(lm):
+    # the short utterance's padding says "X": beyond its length it must be ignored
+    short = torch.cat([frames(spelled("A DOG")), frames(["X"] * 4)])
+    log_probs = torch.stack([short, frames(spelled("THE CAT"))])
+    lengths = torch.tensor([10, 14])
+    for options in (BeamSearchOptions(), BeamSearchOptions(lm=lm)):
+        hyps = BeamSearchDecoder(TOK, options).decode(log_probs, lengths)
+        assert [h.text for h in hyps] == ["A DOG", "THE CAT"]
+        assert hyps[0].frames == [0, 2, 4, 6, 8]
+
+
+@requires_flashlight
+def test_nbest(lm):
+    log_probs, lengths = ambiguous()
+    (nbest,) = BeamSearchDecoder(TOK, BeamSearchOptions(lm=lm, nbest=3)).decode_nbest(log_probs, lengths)
+    assert 1 < len(nbest) <= 3
+    assert nbest[0].text == "THE CAT SAT"
+    assert [h.score for h in nbest] == sorted((h.score for h in nbest), reverse=True)
+
+
+@requires_flashlight
+def test_tune_lm_weights_prefers_the_lm(lm):
+    log_probs, lengths = ambiguous()
+    best_weight, best_score, table = tune_lm_weights(
+        [log_probs], [lengths], ["THE CAT SAT"], TOK, BeamSearchOptions(lm=lm, unk_score=0.0),
+        lm_weights=(0.0, 1.0), word_scores=(0.0, 1.0),
+    )
+    assert [(w, s) for w, s, _ in table] == [(0.0, 0.0), (0.0, 1.0), (1.0, 0.0), (1.0, 1.0)]
+    assert table[0][2] == pytest.approx(1 / 3)  # LM weight 0 (and no unk_score): KAT for CAT
+    assert best_weight == 1.0 and best_score == 0.0
+    assert table[2][2] == 0.0
+
+
+def test_write_lexicon(tmp_path):
+    path = tmp_path / "lexicon.txt"
+    assert write_lexicon(["<s>", "</s>", "<unk>", "CAT", "DON'T", "CAT"], path) == 2
+    assert path.read_text() == "CAT\tC A T\nDON'T\tD O N ' T\n"
+    with pytest.raises(ValueError, match="cannot spell 'CAFÉ'"):
+        write_lexicon(["CAFÉ"], path)
+
+
+@requires_flashlight
+def test_bad_inputs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        BeamSearchDecoder(TOK, BeamSearchOptions(lexicon=str(tmp_path / "missing.txt")))
+    with pytest.raises(ValueError, match=r"expected log-probs \(batch, frames, 29\)"):
+        BeamSearchDecoder(TOK).decode(torch.zeros(1, 5, 10), torch.tensor([5]))
+
+
+def test_missing_flashlight_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "flashlight.lib.text.decoder", None)  # import now fails
+    with pytest.raises(ImportError, match=r"pip install 'asr\[lm\]'"):
+        BeamSearchDecoder(TOK)
+
+
+@requires_flashlight
+def test_log_probs_on_any_dtype_are_accepted():
+    log_probs, lengths = ambiguous()
+    (hyp,) = BeamSearchDecoder(TOK).decode(log_probs.double(), lengths.int())
+    assert hyp.text == "THE KAT SAT"
+    assert math.isfinite(hyp.score)

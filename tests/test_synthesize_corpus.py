@@ -1,0 +1,194 @@
+"""Tests for tools/synthesize_corpus.py on a tiny corpus (a few seconds on 2 cores)."""
+
+import dataclasses
+import importlib.util
+import json
+import re
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asr.text import normalize_text
+from conftest import requires_espeak
+
+TOOL = Path(__file__).resolve().parents[1] / "tools" / "synthesize_corpus.py"
+
+
+def _load_tool():
+    # tools/ is not a package. dataclasses need the module in sys.modules.
+    spec = importlib.util.spec_from_file_location("synthesize_corpus", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+sc = _load_tool()
+
+CONFIG = sc.CorpusConfig(
+    train_sentences=12,
+    dev_sentences=3,
+    test_sentences=3,
+    train_speakers=3,
+    dev_speakers=2,
+    test_speakers=2,
+    noise_prob=0.5,
+    reverb_prob=0.5,
+    seed=7,
+)
+UTT_ID = re.compile(r"(\d+)-(\d+)-(\d{4})")
+TRANSCRIPT = re.compile(r"[A-Z']+( [A-Z']+)*")
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    """The same corpus built twice, with different numbers of processes."""
+    root = tmp_path_factory.mktemp("synth")
+    sc.synthesize_corpus(root / "a", CONFIG, jobs=2, progress=False)
+    sc.synthesize_corpus(root / "b", CONFIG, jobs=1, progress=False)
+    return root / "a", root / "b"
+
+
+def _transcripts(out: Path) -> dict[str, dict[str, str]]:
+    """split -> utterance id -> transcript."""
+    result = {}
+    for split in sc.SPLITS:
+        result[split] = {}
+        for trans in sorted((out / split).glob("*/*/*.trans.txt")):
+            for line in trans.read_text().splitlines():
+                utt_id, text = line.split(" ", 1)
+                result[split][utt_id] = text
+    return result
+
+
+@requires_espeak
+def test_librispeech_layout(corpora):
+    out, _ = corpora
+    assert sorted(p.name for p in out.iterdir()) == ["SPEAKERS.txt", "corpus.json", "dev", "test", "train"]
+    assert not list(out.parent.glob(".a.*")), "temporary folder left behind"
+    for split in sc.SPLITS:
+        for speaker_dir in (out / split).iterdir():
+            assert speaker_dir.name.isdigit()
+            for chapter_dir in speaker_dir.iterdir():
+                assert chapter_dir.name.isdigit()
+                prefix = f"{speaker_dir.name}-{chapter_dir.name}"
+                names = sorted(p.name for p in chapter_dir.iterdir())
+                assert f"{prefix}.trans.txt" in names
+                flacs = [n for n in names if n != f"{prefix}.trans.txt"]
+                assert flacs == [f"{prefix}-{i:04d}.flac" for i in range(len(flacs))]
+                lines = (chapter_dir / f"{prefix}.trans.txt").read_text().splitlines()
+                assert [line.split(" ")[0] + ".flac" for line in lines] == flacs
+    counts = {split: len(utts) for split, utts in _transcripts(out).items()}
+    assert counts == {"train": 12, "dev": 3, "test": 3}
+
+
+@requires_espeak
+def test_transcripts_are_normalised(corpora):
+    for utts in _transcripts(corpora[0]).values():
+        for utt_id, text in utts.items():
+            assert UTT_ID.fullmatch(utt_id)
+            assert TRANSCRIPT.fullmatch(text), text
+            assert normalize_text(text) == (text, Counter())  # what training and scoring use
+
+
+@requires_espeak
+def test_audio_is_16khz_mono_speech_of_plausible_length(corpora):
+    out, _ = corpora
+    for split, utts in _transcripts(out).items():
+        for utt_id, text in utts.items():
+            speaker, chapter, _ = utt_id.split("-")
+            path = out / split / speaker / chapter / f"{utt_id}.flac"
+            info = sf.info(path)
+            assert (info.samplerate, info.channels, info.format, info.subtype) == (16000, 1, "FLAC", "PCM_16")
+            samples, _ = sf.read(path, dtype="float32")
+            assert np.sqrt(np.mean(samples**2)) > 0.005, f"{utt_id} is silent"
+            words = len(text.split())
+            assert 0.15 * words < info.duration < 1.0 * words + 1.5, (utt_id, info.duration, words)
+
+
+@requires_espeak
+def test_held_out_splits_share_no_speaker_voice_or_sentence(corpora):
+    out, _ = corpora
+    meta = json.loads((out / "corpus.json").read_text())
+    splits = meta["splits"]
+    texts = {split: set(utts.values()) for split, utts in _transcripts(out).items()}
+    speaker_ids = {split: {utt.split("-")[0] for utt in utts} for split, utts in _transcripts(out).items()}
+    for a, b in [("train", "test"), ("train", "dev"), ("dev", "test")]:
+        assert not texts[a] & texts[b]
+        assert not speaker_ids[a] & speaker_ids[b]
+        # Voice identity, not just ids: no variant, nor any near-identical variant, is shared.
+        assert not set(splits[a]["variants"]) & set(splits[b]["variants"])
+        assert not set(splits[a]["variant_families"]) & set(splits[b]["variant_families"])
+        assert set(splits[b]["accents"]) - set(splits["train"]["accents"]), f"{b} has no unseen accent"
+    speakers_txt = (out / "SPEAKERS.txt").read_text().splitlines()
+    rows = [line.split("|") for line in speakers_txt if not line.startswith(";")]
+    assert {(r[0].strip(), r[2].strip()) for r in rows} == {
+        (sid, split) for split, ids in speaker_ids.items() for sid in ids
+    }
+
+
+@requires_espeak
+def test_same_seed_gives_identical_corpus(corpora):
+    a, b = corpora
+    assert _transcripts(a) == _transcripts(b)
+    flacs = sorted(p.relative_to(a) for p in a.rglob("*.flac"))
+    assert flacs == sorted(p.relative_to(b) for p in b.rglob("*.flac"))
+    for rel in flacs:
+        assert np.array_equal(sf.read(a / rel, dtype="int16")[0], sf.read(b / rel, dtype="int16")[0]), rel
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+    assert (a / "corpus.json").read_text() == (b / "corpus.json").read_text()
+
+
+@requires_espeak
+def test_metadata_and_idempotence(corpora):
+    out, _ = corpora
+    meta = json.loads((out / "corpus.json").read_text())
+    assert meta["config"] == dataclasses.asdict(CONFIG)
+    assert "BSD" in meta["text"]["licence"]
+    before = (out / "corpus.json").stat().st_mtime_ns
+    assert sc.synthesize_corpus(out, CONFIG, progress=False) == meta
+    assert (out / "corpus.json").stat().st_mtime_ns == before
+    with pytest.raises(FileExistsError):
+        sc.synthesize_corpus(out, dataclasses.replace(CONFIG, seed=8), progress=False)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Bank error in your favor. Collect 200 dollars now.",  # digits
+        "Be careful, UGLY strikes nine out of ten!",  # all-caps word
+        "Visit www.example.com for more details today.",  # URL
+        "See http://example.org for the details.",  # URL
+        "He met Mr. Smith at the station.",  # abbreviation
+        "The value of x is larger than y.",  # single-letter variables
+        "Call getValue on the object first.",  # camelCase code
+        "Caf\u00e9 society is not what it was.",  # non-ASCII
+        "Too short.",  # under three words
+    ],
+)
+def test_clean_sentence_rejects(text):
+    assert sc.clean_sentence(text) is None
+
+
+def test_clean_sentence_normalises():
+    sentence = sc.clean_sentence('"Don\'t panic," she said -- and it\'s well-known advice!')
+    assert sentence.text == '"Don\'t panic," she said -- and it\'s well-known advice!'
+    assert sentence.transcript == "DON'T PANIC SHE SAID AND IT'S WELL KNOWN ADVICE"
+
+
+def test_split_sentences_keeps_abbreviated_sentence_whole():
+    assert sc.split_sentences('He met Mr. Smith. Then he left!  "Why?" she asked.') == [
+        "He met Mr. Smith.",
+        "Then he left!",
+        '"Why?" she asked.',
+    ]
+
+
+def test_load_sentences_from_text_file(tmp_path):
+    path = tmp_path / "text.txt"
+    path.write_text("The cat sat on the mat.\nThe cat sat on the mat!\n42 is the answer.\nA dog barked loudly.\n")
+    assert [s.transcript for s in sc.load_sentences(path)] == ["THE CAT SAT ON THE MAT", "A DOG BARKED LOUDLY"]

@@ -1,0 +1,796 @@
+"""Synthesise a multi-speaker English speech corpus with espeak-ng, in LibriSpeech layout.
+
+The corpus feeds CPU training recipes, so it trades naturalness (espeak-ng is a
+formant synthesiser) for speed, and makes up for it with variety: every speaker
+is an espeak-ng accent combined with a voice variant plus its own pitch, speed,
+intonation range, word gap and amplitude; every utterance jitters speed and
+pitch, gets random leading/trailing silence, additive coloured noise at a
+random SNR, sometimes synthetic reverberation, and a random level.
+
+Layout (identical to LibriSpeech, so LibriSpeech loaders read it unchanged)::
+
+    OUT/SPEAKERS.txt
+    OUT/corpus.json                      arguments, voices per split, text licence
+    OUT/{train,dev,test}/<SPEAKER>/<CHAPTER>/<SPEAKER>-<CHAPTER>-<UTT:04d>.flac
+    OUT/{train,dev,test}/<SPEAKER>/<CHAPTER>/<SPEAKER>-<CHAPTER>.trans.txt
+
+Audio is 16 kHz mono 16-bit FLAC; transcripts are upper case A-Z, apostrophe
+and single spaces. dev and test are held out from train twice over: their
+sentences never occur in train (nor in each other), and their voices are built
+from espeak-ng variant families and one accent per split that train never uses.
+
+Text: by default the non-offensive fortune(6) collection of Debian's
+``fortunes``/``fortunes-min`` packages (fortune-mod 1.99.1), cut into sentences.
+Debian ships it under the BSD licence of fortune-mod, "Copyright (c) 1991 The
+Regents of the University of California" (see /usr/share/doc/fortunes/copyright);
+the fortunes themselves are quotations from many authors and carry no separate
+licence. ``--text FILE`` (one sentence per line) replaces it.
+
+The output depends only on the arguments (and the espeak-ng version), not on
+``--jobs``: two runs with the same seed give byte-identical files.
+
+Examples::
+
+    # default corpus: 14.3 h train, 0.2 h dev, 0.3 h test (9 min on 2 busy cores)
+    python tools/synthesize_corpus.py --out data/synth
+    # quick corpus for smoke tests: 25 min of audio in about 15 s
+    python tools/synthesize_corpus.py --out data/synth_quick --train-sentences 300 \\
+        --dev-sentences 40 --test-sentences 40 --train-speakers 20 \\
+        --dev-speakers 4 --test-speakers 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import itertools
+import json
+import math
+import multiprocessing as mp
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+from xml.sax.saxutils import escape
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+from tqdm import tqdm
+
+SAMPLE_RATE = 16000
+ESPEAK_SAMPLE_RATE = 22050
+SPLITS = ("train", "dev", "test")
+
+FORTUNE_DIR = Path("/usr/share/games/fortunes")
+# Offensive fortunes live in FORTUNE_DIR/off/, which load_sentences never enters.
+FORTUNE_SKIP = {"ascii-art": "pictures, not prose", "translate-me": "Latin and French"}
+TEXT_LICENCE = (
+    "fortune(6) collection, Debian packages fortunes/fortunes-min 1:1.99.1 "
+    "(fortune-mod 1.99.1), non-offensive files only. Distributed under the BSD "
+    "licence of fortune-mod: Copyright (c) 1991 The Regents of the University of "
+    "California (see /usr/share/doc/fortunes/copyright). The fortunes are quotations "
+    "from many authors; the copyright file gives them no separate licence."
+)
+
+# Variants that do not sound like a human talker. Reasons from their voice files
+# in espeak-ng-data/voices/!v and from synthesised probes.
+EXCLUDED_VARIANTS = {
+    "whisper": "whispered (voicing 17)",
+    "whisperf": "whispered (voicing 20)",
+    "Demonic": "novelty: breath noise, echo, extreme tone settings",
+    "RicishayMax": "100 ms echo at gain 10000 fills every pause",
+    "RicishayMax2": "150 ms echo fills every pause",
+    "RicishayMax3": "200 ms echo fills every pause",
+    "announcer": "robotic Half-Life announcer, 154 ms echo",
+    "UniRobot": "robot",
+    "anikaRobot": "robot",
+    **{f"robosoft{i}": "robot" for i in ["", *range(2, 9)]},
+    "fast": "experimental speed test voice, 'unstable' per its voice file",
+}
+# Never held out: most evaluation speech is in one of these accents.
+PRIMARY_ACCENTS = ("en-us", "en-gb")
+PROBE_TEXT = "The quick brown fox jumps over the lazy dog."
+
+UTTS_PER_CHAPTER = 100
+FIRST_SPEAKER_ID = 100
+FIRST_CHAPTER_ID = 10000
+
+# Per-speaker ranges. espeak-ng's defaults are pitch 50 (0-99), speed 175 wpm,
+# amplitude 100. The final level is set after synthesis, so amplitude only decides
+# how often loud variants (iven, Jacky) clip in espeak-ng's int16 output: above 100, often.
+PITCH = (20, 80)
+SPEED = (140, 205)
+PITCH_RANGE_PERCENT = (50, 160)
+AMPLITUDE = (50, 100)
+WORD_GAP_PROB = 0.3
+WORD_GAP = (1, 4)  # units of 10 ms
+# Per-utterance jitter around the speaker's values.
+SPEED_JITTER = 0.07
+PITCH_JITTER = 5
+# Per-utterance acoustic conditions.
+SILENCE_S = (0.05, 0.6)
+NOISE_FLOOR_SNR_DB = (50.0, 70.0)  # even "clean" speech is never digital silence
+NOISE_MIN_HZ = 50.0  # keeps brown noise's power in the audible band
+RT60_S = (0.15, 0.7)
+DRR_DB = (0.0, 15.0)
+LEVEL_DBFS = (-32.0, -18.0)  # speech RMS
+PEAK = 0.98
+
+
+@dataclasses.dataclass(frozen=True)
+class CorpusConfig:
+    """Everything the corpus content depends on (``jobs`` only changes speed).
+
+    ``train_sentences=0`` uses every sentence not taken by dev and test. Each train
+    sentence is spoken by ``utts_per_sentence`` speakers, dev and test sentences once.
+    """
+
+    train_sentences: int = 13000
+    dev_sentences: int = 200
+    test_sentences: int = 300
+    train_speakers: int = 200
+    dev_speakers: int = 8
+    test_speakers: int = 8
+    utts_per_sentence: int = 1
+    noise_prob: float = 0.5
+    snr_min_db: float = 10.0
+    snr_max_db: float = 40.0
+    reverb_prob: float = 0.3
+    seed: int = 0
+    text: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Sentence:
+    text: str  # punctuated, fed to espeak-ng for natural prosody
+    transcript: str  # upper case A-Z, apostrophe, single spaces
+
+
+@dataclasses.dataclass(frozen=True)
+class Accent:
+    code: str  # espeak-ng voice name, e.g. "en-gb-scotland"
+    description: str  # e.g. "English_(Scotland)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    file: str  # name after "+" in "-v en-us+m3"
+    name: str
+    sex: str  # "M" or "F"
+    family: str  # variants that sound alike (iven, iven2, ...) share one
+
+
+@dataclasses.dataclass(frozen=True)
+class Voices:
+    accents: list[Accent]
+    variants: list[Variant]
+    excluded: dict[str, str]  # variant file -> reason
+
+
+@dataclasses.dataclass(frozen=True)
+class Speaker:
+    id: int
+    split: str
+    accent: str
+    variant: str
+    sex: str
+    pitch: int
+    speed: int
+    pitch_range: int  # percent of the variant's intonation range
+    word_gap: int
+    amplitude: int
+    description: str
+
+    @property
+    def voice(self) -> str:
+        return f"{self.accent}+{self.variant}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Utterance:
+    split: str
+    speaker: Speaker
+    chapter: int
+    index: int
+    sentence: Sentence
+
+    @property
+    def id(self) -> str:
+        return f"{self.speaker.id}-{self.chapter}-{self.index:04d}"
+
+    @property
+    def path(self) -> str:
+        return f"{self.split}/{self.speaker.id}/{self.chapter}/{self.id}.flac"
+
+
+# ---------------------------------------------------------------------------- text
+
+_ALLOWED = re.compile(r"[A-Za-z .,!?;:'\"()-]+")
+_SENTENCE_BREAK = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')]))\s+(?=[\"'(]*[A-Z])")
+_ATTRIBUTION = re.compile(r"^\s*--", re.M)
+# espeak-ng expands these ("Mr." -> "mister") and a transcript would have to guess how.
+_ABBREVIATION = re.compile(
+    r"\b(?:[A-HJ-Z]|Mr|Mrs|Ms|Dr|St|Jr|Sr|Prof|Gen|Col|Capt|Lt|Sgt|Rev|Gov|Sen|Rep|Pres"
+    r"|Mt|Ft|Ave|Inc|Ltd|Co|Corp|Bros|Esq|Hon|Messrs|Jan|Feb|Apr|Aug|Sept?|Oct|Nov|Dec"
+    r"|vs|etc|al|cf|viz|approx|ca)\."
+)
+
+
+def normalize_transcript(text: str) -> str:
+    """Upper-case ``text`` and keep A-Z, word-internal apostrophes and single spaces."""
+    text = re.sub(r"[^A-Z']+", " ", text.upper().replace("-", " "))
+    text = re.sub(r"(?<![A-Z])'|'(?![A-Z])", " ", text)
+    return " ".join(text.split())
+
+
+def clean_sentence(text: str, min_words: int = 3, max_words: int = 20) -> Sentence | None:
+    """Return ``text`` as a :class:`Sentence`, or None if espeak-ng would not read it
+    the way its transcript says (digits, symbols, abbreviations, all-caps acronyms,
+    URLs, non-ASCII, code) or it is too short or long."""
+    text = " ".join(text.split())
+    if not _ALLOWED.fullmatch(text) or not re.match(r"[\"'(]*[A-Z]", text):
+        return None
+    if re.search(r"[A-Za-z]\.[A-Za-z]", text) or _ABBREVIATION.search(text):
+        return None
+    if re.search(r"[;:]-?[()]", text):  # emoticons
+        return None
+    for word in re.findall(r"[A-Za-z]+(?:'[A-Za-z]+)*", text):
+        letters = word.replace("'", "")
+        if re.search(r"[A-Z]{2}", letters):  # acronyms and shouting: NASA, IBMer, UGLY
+            return None
+        if len(word) == 1 and word not in "aAIO":  # variables and list labels: x, Q:
+            return None
+        if re.search(r"[a-z][A-Z]", word) and not re.match(r"Ma?c[A-Z]", word):
+            return None  # camelCase identifiers
+    transcript = normalize_transcript(text)
+    if not min_words <= len(transcript.split()) <= max_words:
+        return None
+    return Sentence(text, transcript)
+
+
+def split_sentences(text: str) -> list[str]:
+    """Split prose into sentences at ., ! or ? followed by an upper-case start.
+
+    Breaks after an abbreviation ("Mr. Smith") are undone: the whole sentence
+    comes back, for :func:`clean_sentence` to reject, rather than two fragments.
+    """
+    pieces = _SENTENCE_BREAK.split(" ".join(text.split()))
+    for i in range(len(pieces) - 1, 0, -1):
+        if re.search(_ABBREVIATION.pattern + r"[\"')]*$", pieces[i - 1]):
+            pieces[i - 1] = pieces[i - 1] + " " + pieces.pop(i)
+    return pieces
+
+
+def _fortune_files(directory: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.is_file() and not p.is_symlink() and not p.suffix and p.name not in FORTUNE_SKIP
+    )
+
+
+def load_sentences(path: str | Path | None = None) -> list[Sentence]:
+    """Load clean, transcript-unique sentences in a deterministic order.
+
+    ``path=None`` reads the fortune files in :data:`FORTUNE_DIR` (quotes split into
+    sentences, attributions dropped). Otherwise ``path`` is a UTF-8 text file with
+    one sentence per line. Both pass through :func:`clean_sentence`.
+    """
+    if path is None:
+        candidates = []
+        for file in _fortune_files(FORTUNE_DIR):
+            for fortune in file.read_text("utf-8", errors="replace").split("\n%\n"):
+                match = _ATTRIBUTION.search(fortune)  # "\t\t-- Mark Twain" ends a quote
+                candidates += split_sentences(fortune[: match.start()] if match else fortune)
+    else:
+        candidates = Path(path).read_text("utf-8").splitlines()
+    sentences, seen = [], set()
+    for candidate in candidates:
+        sentence = clean_sentence(candidate)
+        if sentence is not None and sentence.transcript not in seen:
+            seen.add(sentence.transcript)
+            sentences.append(sentence)
+    return sentences
+
+
+# -------------------------------------------------------------------------- voices
+
+
+@functools.lru_cache(maxsize=None)
+def _espeak_about() -> str:
+    out = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True)
+    return out.stdout  # "eSpeak NG text-to-speech: 1.51  Data at: /usr/lib/.../espeak-ng-data"
+
+
+def espeak_version() -> str:
+    return _espeak_about().split("Data at")[0].strip()
+
+
+def _variant_family(file: str) -> str:
+    voice_file = Path(_espeak_about().split("Data at:")[1].strip()) / "voices" / "!v" / file
+    klatt = re.search(r"^\s*klatt\s+(\d+)", voice_file.read_text(), re.M)
+    if klatt:  # Klatt-synthesiser variants differ in little but the Klatt version
+        return f"klatt{klatt[1]}"
+    if re.fullmatch(r"[mf]\d", file):  # m1..m8, f1..f5 are distinct voices
+        return file
+    return re.sub(r"\d+$", "", file).lower()  # elsewhere a digit suffix marks a tweak
+
+
+def _espeak_voice_table(language: str) -> list[list[str]]:
+    out = subprocess.run(
+        ["espeak-ng", f"--voices={language}"], capture_output=True, text=True, check=True
+    )
+    # Columns: Pty Language Age/Gender VoiceName File [Other Languages]
+    return [line.split() for line in out.stdout.splitlines()[1:] if line.strip()]
+
+
+def _probe(voice: str) -> bytes:
+    out = subprocess.run(
+        ["espeak-ng", "-v", voice, "--stdout", PROBE_TEXT], capture_output=True, check=True
+    )
+    return out.stdout
+
+
+@functools.lru_cache(maxsize=None)
+def list_voices() -> Voices:
+    """List usable espeak-ng English accents and voice variants.
+
+    Accents are the built-in English voices (mbrola ``mb/`` voices are skipped:
+    not installed). Variants are those of ``espeak-ng --voices=variant`` minus
+    :data:`EXCLUDED_VARIANTS`, minus any whose probe sentence is silent or
+    sample-identical to the plain voice or to an earlier variant (espeak-ng falls
+    back silently on a broken variant, and klatt/klatt6/caleb sound the same).
+    """
+    accents = [
+        Accent(row[1], row[3])
+        for row in _espeak_voice_table("en")
+        if row[4].startswith("gmw/")
+    ]
+    excluded = dict(EXCLUDED_VARIANTS)
+    variants, seen = [], {hashlib.sha256(_probe("en-us")).hexdigest(): "the plain voice"}
+    rows = sorted(_espeak_voice_table("variant"), key=lambda row: row[4])
+    for row in rows:
+        file = row[4].removeprefix("!v/")
+        if file in excluded:
+            continue
+        # "Mr serious" has a space in its file name, which breaks the column split.
+        if len(row) > 5 and not row[5].startswith("("):
+            file = f"{file} {row[5]}"
+        audio = _probe(f"en-us+{file}")
+        digest = hashlib.sha256(audio).hexdigest()
+        samples = np.frombuffer(audio[44:], dtype="<i2")
+        if samples.size == 0 or np.abs(samples).max() < 1000:
+            excluded[file] = "silent probe"
+        elif digest in seen:
+            excluded[file] = f"sounds identical to {seen[digest]}"
+        else:
+            seen[digest] = file
+            sex = "F" if row[2].endswith("F") else "M"
+            variants.append(Variant(file, row[3], sex, _variant_family(file)))
+    return Voices(accents, variants, excluded)
+
+
+def _shuffled(items: list, rng: np.random.Generator) -> list:
+    return [items[i] for i in rng.permutation(len(items))]
+
+
+def _held_out_variants(variants: list[Variant], need: int, rng: np.random.Generator) -> list[Variant]:
+    """Take whole variant families, alternately female and male, until ``need`` variants.
+
+    The result interleaves the families so that consecutive speakers differ most.
+    """
+    families: dict[str, list[Variant]] = {}
+    for variant in variants:
+        families.setdefault(variant.family, []).append(variant)
+    order = _shuffled([families[name] for name in sorted(families)], rng)
+    taken: list[list[Variant]] = []
+    sexes = itertools.cycle("FM")
+    while sum(map(len, taken)) < need and order:
+        sex = next(sexes)
+        family = next((f for f in order if f[0].sex == sex), order[0])
+        order.remove(family)
+        taken.append(family)
+    depth = max(map(len, taken), default=0)
+    return [family[i] for i in range(depth) for family in taken if i < len(family)]
+
+
+def _speaker(id: int, split: str, accent: Accent, variant: Variant, rng: np.random.Generator) -> Speaker:
+    pitch = int(rng.integers(PITCH[0], PITCH[1] + 1))
+    speed = int(rng.integers(SPEED[0], SPEED[1] + 1))
+    pitch_range = int(rng.integers(PITCH_RANGE_PERCENT[0], PITCH_RANGE_PERCENT[1] + 1))
+    amplitude = int(rng.integers(AMPLITUDE[0], AMPLITUDE[1] + 1))
+    gap = int(rng.integers(WORD_GAP[0], WORD_GAP[1] + 1)) if rng.random() < WORD_GAP_PROB else 0
+    return Speaker(
+        id=id,
+        split=split,
+        accent=accent.code,
+        variant=variant.file,
+        sex=variant.sex,
+        pitch=pitch,
+        speed=speed,
+        pitch_range=pitch_range,
+        word_gap=gap,
+        amplitude=amplitude,
+        description=f"{accent.description}+{variant.name} pitch={pitch} speed={speed}",
+    )
+
+
+def _pairs(accents: list[Accent], variants: list[Variant], rng: np.random.Generator) -> Iterator[tuple[Accent, Variant]]:
+    """Endless (accent, variant) pairs: every variant once, then each again with the
+    next accent, so that few speakers cover many voices."""
+    accents, variants = _shuffled(accents, rng), _shuffled(variants, rng)
+    for turn in itertools.count():
+        for i, variant in enumerate(variants):
+            yield accents[(i + turn) % len(accents)], variant
+
+
+def make_speakers(config: CorpusConfig, voices: Voices) -> dict[str, list[Speaker]]:
+    """Create every split's speakers, deterministically from ``config.seed``.
+
+    test, then dev, take whole variant families (about one variant per speaker,
+    at most a sixth of all variants each) and, given four or more regional
+    accents, one accent each, which some of their speakers use alongside the
+    train accents. train speakers alternate female and male and spread over all
+    remaining (accent, variant) pairs. Speaker ids are allocated test first, so
+    that the held-out splits do not change when train grows.
+    """
+    rng = np.random.default_rng([config.seed, 1])
+    regional = [a for a in voices.accents if a.code not in PRIMARY_ACCENTS]
+    held_accents = dict(zip(("test", "dev"), _shuffled(regional, rng))) if len(regional) >= 4 else {}
+    train_accents = [a for a in voices.accents if a not in held_accents.values()]
+    cap = max(1, len(voices.variants) // 6)
+    remaining = list(voices.variants)
+    speakers: dict[str, list[Speaker]] = {}
+    ids = itertools.count(FIRST_SPEAKER_ID)
+    for split_index, split in enumerate(("test", "dev", "train")):
+        n = getattr(config, f"{split}_speakers")
+        srng = np.random.default_rng([config.seed, 2, split_index])
+        if split == "train":
+            pools = [[v for v in remaining if v.sex == sex] for sex in "FM"]
+            pairs = [_pairs(train_accents, pool, srng) for pool in pools if pool]
+        else:
+            variants = _held_out_variants(remaining, min(n, cap), rng)
+            remaining = [v for v in remaining if v not in variants]
+            accents = [held_accents[split]] if held_accents else []
+            accents += _shuffled(train_accents, srng)
+            pairs = [zip(itertools.cycle(accents), itertools.cycle(variants))] if variants else []
+        if n and not pairs:
+            raise ValueError(f"no espeak-ng variants left for {split}")
+        speakers[split] = [
+            _speaker(next(ids), split, *next(pairs[i % len(pairs)]), srng) for i in range(n)
+        ]
+    return speakers
+
+
+def plan_corpus(
+    config: CorpusConfig, sentences: list[Sentence], speakers: dict[str, list[Speaker]]
+) -> list[Utterance]:
+    """Give every split its sentences and every utterance a speaker, chapter and index.
+
+    A seeded shuffle of ``sentences`` gives test the first ones, dev the next and
+    train the rest. Speakers take turns, so each speaks about as often; a train
+    sentence's repeats start the turns at different speakers. A speaker's
+    utterances fill chapters of up to :data:`UTTS_PER_CHAPTER`.
+    """
+    n = {"test": config.test_sentences, "dev": config.dev_sentences}
+    n["train"] = config.train_sentences or len(sentences) - n["test"] - n["dev"]
+    if min(n.values()) < 0 or sum(n.values()) > len(sentences):
+        raise ValueError(f"asked for {n} sentences but only {len(sentences)} are available")
+    order = np.random.default_rng([config.seed, 0]).permutation(len(sentences))
+    shuffled = iter([sentences[i] for i in order])
+    chapters = itertools.count(FIRST_CHAPTER_ID)
+    utterances = []
+    for split in ("test", "dev", "train"):
+        texts = list(itertools.islice(shuffled, n[split]))
+        talkers = speakers[split]
+        if texts and not talkers:
+            raise ValueError(f"{split} has sentences but no speakers")
+        repeats = config.utts_per_sentence if split == "train" else 1
+        spoken: dict[int, list[Sentence]] = {s.id: [] for s in talkers}
+        for copy in range(repeats):
+            offset = copy * max(1, len(talkers) // repeats)
+            for i, sentence in enumerate(texts):
+                spoken[talkers[(i + offset) % len(talkers)].id].append(sentence)
+        for speaker in talkers:
+            said = spoken[speaker.id]
+            for start in range(0, len(said), UTTS_PER_CHAPTER):
+                chapter = next(chapters)
+                for index, sentence in enumerate(said[start : start + UTTS_PER_CHAPTER]):
+                    utterances.append(Utterance(split, speaker, chapter, index, sentence))
+    return utterances
+
+
+# --------------------------------------------------------------------------- audio
+
+
+def espeak(text: str, speaker: Speaker, speed: int, pitch: int) -> np.ndarray:
+    """Synthesise ``text`` with ``speaker``'s voice; float32 samples at 22.05 kHz."""
+    ssml = f'<speak><prosody range="{speaker.pitch_range}%">{escape(text)}</prosody></speak>'
+    command = ["espeak-ng", "-m", "--stdin", "--stdout", "-v", speaker.voice]
+    command += ["-s", str(speed), "-p", str(pitch), "-a", str(speaker.amplitude), "-g", str(speaker.word_gap)]
+    wav = subprocess.run(command, input=ssml.encode(), capture_output=True, check=True).stdout
+    # espeak-ng streams a fixed 44-byte header whose size fields are placeholders.
+    if wav[:4] != b"RIFF" or int.from_bytes(wav[24:28], "little") != ESPEAK_SAMPLE_RATE:
+        raise RuntimeError(f"unexpected espeak-ng output for {speaker.voice}: {wav[:44]!r}")
+    return np.frombuffer(wav[44:], dtype="<i2").astype(np.float32) / 32768
+
+
+def trim_silence(samples: np.ndarray) -> np.ndarray:
+    """Cut espeak-ng's silence, which is exact zeros, from both ends (it appends 0.3 s)."""
+    sound = np.flatnonzero(samples)
+    if sound.size == 0:
+        raise RuntimeError("espeak-ng produced silence")
+    return samples[sound[0] : sound[-1] + 1]
+
+
+@functools.lru_cache(maxsize=None)
+def _resampler() -> torchaudio.transforms.Resample:
+    # The transform caches its sinc kernel; functional.resample rebuilds it every call (6x slower).
+    return torchaudio.transforms.Resample(ESPEAK_SAMPLE_RATE, SAMPLE_RATE)
+
+
+def resample(samples: np.ndarray) -> np.ndarray:
+    """22.05 kHz -> 16 kHz."""
+    with torch.inference_mode():
+        return _resampler()(torch.from_numpy(samples)).numpy()
+
+
+def _fft_size(n: int) -> int:
+    """Smallest 2**a * 3**b * 5**c >= n: numpy's FFT is 10x slower on large prime factors."""
+    best = 1 << (n - 1).bit_length()
+    odd5 = 1
+    while odd5 < best:
+        odd = odd5
+        while odd < best:
+            best = min(best, odd << (-(-n // odd) - 1).bit_length())
+            odd *= 3
+        odd5 *= 5
+    return best
+
+
+def coloured_noise(length: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """Unit-power noise with power spectrum ~ 1/f**exponent (0 white, 1 pink, 2 brown)."""
+    size = _fft_size(length)
+    spectrum = np.fft.rfft(rng.standard_normal(size, dtype=np.float32))
+    freqs = np.maximum(np.fft.rfftfreq(size, 1 / SAMPLE_RATE), NOISE_MIN_HZ)
+    noise = np.fft.irfft(spectrum * freqs ** (-exponent / 2), size)[:length]
+    return (noise / np.sqrt(np.mean(noise**2))).astype(np.float32)
+
+
+def reverberate(samples: np.ndarray, rt60: float, drr_db: float, rng: np.random.Generator) -> np.ndarray:
+    """Convolve with a synthetic room impulse response: a unit direct path followed
+    by exponentially decaying Gaussian noise that falls 60 dB in ``rt60`` seconds,
+    ``drr_db`` below the direct path in energy. Keeps the input length."""
+    t = np.arange(1, int(rt60 * SAMPLE_RATE)) / SAMPLE_RATE
+    tail = rng.standard_normal(t.size) * np.exp(-3 * math.log(10) * t / rt60)
+    tail /= math.sqrt(10 ** (drr_db / 10) / np.sum(tail**2))
+    rir = np.concatenate([[1.0], tail]).astype(np.float32)
+    size = _fft_size(len(samples) + len(rir) - 1)
+    wet = np.fft.irfft(np.fft.rfft(samples, size) * np.fft.rfft(rir, size), size)
+    return wet[: len(samples)].astype(np.float32)
+
+
+def augment(speech: np.ndarray, config: CorpusConfig, rng: np.random.Generator) -> np.ndarray:
+    """Pad with silence, maybe reverberate, add noise and set a random level; int16 out."""
+    lead, trail = (int(rng.uniform(*SILENCE_S) * SAMPLE_RATE) for _ in range(2))
+    audio = np.pad(speech, (lead, trail))
+    if rng.random() < config.reverb_prob:
+        audio = reverberate(audio, rng.uniform(*RT60_S), rng.uniform(*DRR_DB), rng)
+    speech_power = float(np.mean(audio[lead : lead + len(speech)] ** 2))
+    if rng.random() < config.noise_prob:
+        snr_db = rng.uniform(config.snr_min_db, config.snr_max_db)
+    else:
+        snr_db = rng.uniform(*NOISE_FLOOR_SNR_DB)
+    noise = coloured_noise(len(audio), rng.uniform(0.0, 2.0), rng)
+    audio += noise * math.sqrt(speech_power * 10 ** (-snr_db / 10))
+    gain = 10 ** (rng.uniform(*LEVEL_DBFS) / 20) / math.sqrt(speech_power)
+    gain = min(gain, PEAK / float(np.abs(audio).max()))
+    return np.round(audio * (gain * 32767)).astype(np.int16)
+
+
+def synthesize_utterance(utterance: Utterance, config: CorpusConfig) -> np.ndarray:
+    """Return ``utterance`` as 16 kHz int16 samples, seeded by its id alone."""
+    speaker = utterance.speaker
+    rng = np.random.default_rng([config.seed, 3, speaker.id, utterance.chapter, utterance.index])
+    speed = round(speaker.speed * rng.uniform(1 - SPEED_JITTER, 1 + SPEED_JITTER))
+    pitch = int(np.clip(speaker.pitch + rng.integers(-PITCH_JITTER, PITCH_JITTER + 1), 0, 99))
+    speech = espeak(utterance.sentence.text, speaker, speed, pitch)
+    speech = resample(trim_silence(speech))
+    return augment(speech, config, rng)
+
+
+def _init_worker() -> None:
+    # One process per core already; intra-op threads would only oversubscribe.
+    torch.set_num_threads(1)
+    # Ctrl-C is the parent's to handle: it terminates the pool and removes the
+    # temporary folder, without a traceback from every worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _write_utterance(utterance: Utterance, config: CorpusConfig, root: Path) -> tuple[int, int]:
+    samples = synthesize_utterance(utterance, config)
+    sf.write(root / utterance.path, samples, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return utterance.speaker.id, len(samples)
+
+
+# -------------------------------------------------------------------------- corpus
+
+
+def _text_source(config: CorpusConfig) -> dict:
+    if config.text is not None:
+        return {"source": str(config.text), "licence": "as given by the source of --text"}
+    files = [p.name for p in _fortune_files(FORTUNE_DIR)]
+    return {"source": f"{FORTUNE_DIR}: {', '.join(files)}", "licence": TEXT_LICENCE}
+
+
+def _write_speakers_txt(path: Path, speakers: dict[str, list[Speaker]], seconds: dict[int, float]) -> None:
+    lines = [
+        "; Synthetic espeak-ng speakers written by tools/synthesize_corpus.py",
+        "; in the format of LibriSpeech's SPEAKERS.TXT; NAME is accent+variant and settings",
+        ";ID  |SEX| SUBSET           |MINUTES| NAME",
+    ]
+    everyone = sorted((s for split in SPLITS for s in speakers[split]), key=lambda s: s.id)
+    for s in everyone:
+        lines.append(f"{s.id:<5}| {s.sex} | {s.split:<16} | {seconds[s.id] / 60:5.2f} | {s.description}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def synthesize_corpus(
+    out: str | Path,
+    config: CorpusConfig = CorpusConfig(),
+    jobs: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Synthesise the corpus described by ``config`` into ``out``; return its metadata.
+
+    Returns at once if ``out`` already holds a complete corpus of the same
+    ``config``. Any other existing, non-empty ``out`` is an error unless
+    ``overwrite``. The corpus is built in a hidden sibling folder and renamed into
+    place, so an interrupted run never leaves a corpus that looks complete.
+    ``jobs`` processes (default: all CPUs) synthesise in parallel.
+    """
+    out = Path(out)
+    wanted = dataclasses.asdict(config)
+    if (out / "corpus.json").is_file():
+        meta = json.loads((out / "corpus.json").read_text())
+        if meta.get("config") == wanted:
+            print(f"{out} already holds this corpus; nothing to do", file=sys.stderr)
+            return meta
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} holds something else; remove it or pass --overwrite")
+    jobs = jobs or len(os.sched_getaffinity(0))
+
+    voices = list_voices()
+    sentences = load_sentences(config.text)
+    speakers = make_speakers(config, voices)
+    utterances = plan_corpus(config, sentences, speakers)
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        chapters: dict[Path, list[Utterance]] = {}
+        for utterance in utterances:
+            chapters.setdefault(tmp / Path(utterance.path).parent, []).append(utterance)
+        for folder, said in chapters.items():
+            folder.mkdir(parents=True)
+            lines = [f"{u.id} {u.sentence.transcript}\n" for u in said]
+            (folder / f"{said[0].speaker.id}-{said[0].chapter}.trans.txt").write_text("".join(lines))
+
+        seconds = {s.id: 0.0 for split in SPLITS for s in speakers[split]}
+        start = time.perf_counter()
+        # fork, not spawn: children must not re-import this file, which tests load
+        # by path and which is no importable package module.
+        with mp.get_context("fork").Pool(jobs, initializer=_init_worker) as pool:
+            work = functools.partial(_write_utterance, config=config, root=tmp)
+            results = pool.imap_unordered(work, utterances, chunksize=8)
+            for speaker_id, n in tqdm(results, total=len(utterances), unit="utt", disable=not progress):
+                seconds[speaker_id] += n / SAMPLE_RATE
+        wall = time.perf_counter() - start
+
+        _write_speakers_txt(tmp / "SPEAKERS.txt", speakers, seconds)
+        family = {v.file: v.family for v in voices.variants}
+        splits = {}
+        for split in SPLITS:
+            said = [u for u in utterances if u.split == split]
+            splits[split] = {
+                "hours": round(sum(seconds[s.id] for s in speakers[split]) / 3600, 4),
+                "utterances": len(said),
+                "sentences": len({u.sentence.transcript for u in said}),
+                "accents": sorted({s.accent for s in speakers[split]}),
+                "variants": sorted({s.variant for s in speakers[split]}),
+                "variant_families": sorted({family[s.variant] for s in speakers[split]}),
+                "speakers": [
+                    dataclasses.asdict(s) | {"minutes": round(seconds[s.id] / 60, 3)}
+                    for s in speakers[split]
+                ],
+            }
+        meta = {
+            "format": "LibriSpeech",
+            "sample_rate": SAMPLE_RATE,
+            "config": wanted,
+            "espeak_ng": espeak_version(),
+            "text": _text_source(config) | {"sentences_available": len(sentences)},
+            "voices": {
+                "accents": [dataclasses.asdict(a) for a in voices.accents],
+                "variants": [dataclasses.asdict(v) for v in voices.variants],
+                "excluded_variants": voices.excluded,
+            },
+            "splits": splits,
+        }
+        # Written last: its presence marks the corpus complete.
+        (tmp / "corpus.json").write_text(json.dumps(meta, indent=1) + "\n")
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+
+    audio_s = sum(seconds.values())
+    hours = ", ".join(f"{split} {splits[split]['hours']:.2f} h" for split in SPLITS)
+    print(
+        f"wrote {out}: {hours}; {audio_s / 3600:.2f} h in {wall:.0f} s with {jobs} jobs "
+        f"= {audio_s / wall:.0f} s of audio per second",
+        file=sys.stderr,
+    )
+    return meta
+
+
+def main(argv: list[str] | None = None) -> None:
+    defaults = CorpusConfig()
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--out", type=Path, required=True, help="corpus folder")
+    parser.add_argument("--train-sentences", type=int, default=defaults.train_sentences,
+                        help="train sentences; 0 = all not used by dev and test")
+    parser.add_argument("--dev-sentences", type=int, default=defaults.dev_sentences,
+                        help="dev sentences, spoken once each")
+    parser.add_argument("--test-sentences", type=int, default=defaults.test_sentences,
+                        help="test sentences, spoken once each")
+    parser.add_argument("--train-speakers", type=int, default=defaults.train_speakers,
+                        help="train voices (accent+variant+pitch+speed)")
+    parser.add_argument("--dev-speakers", type=int, default=defaults.dev_speakers,
+                        help="dev voices, from variants and an accent train never uses")
+    parser.add_argument("--test-speakers", type=int, default=defaults.test_speakers,
+                        help="test voices, from variants and an accent train and dev never use")
+    parser.add_argument("--utts-per-sentence", type=int, default=defaults.utts_per_sentence,
+                        help="speakers per train sentence")
+    parser.add_argument("--noise-prob", type=float, default=defaults.noise_prob,
+                        help="chance of audible noise; the rest get a 50-70 dB SNR noise floor")
+    parser.add_argument("--snr-min-db", type=float, default=defaults.snr_min_db,
+                        help="lowest SNR of audible noise (white to brown, uniform in dB)")
+    parser.add_argument("--snr-max-db", type=float, default=defaults.snr_max_db,
+                        help="highest SNR of audible noise")
+    parser.add_argument("--reverb-prob", type=float, default=defaults.reverb_prob,
+                        help="chance of synthetic reverberation (RT60 0.15-0.7 s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help="same arguments and seed give byte-identical corpora")
+    parser.add_argument("--text", default=defaults.text,
+                        help="text file, one sentence per line, instead of the fortunes")
+    parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
+                        help="parallel processes")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing corpus made with other arguments")
+    args = parser.parse_args(argv)
+    config = CorpusConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CorpusConfig)})
+    try:
+        synthesize_corpus(args.out, config, jobs=args.jobs, overwrite=args.overwrite)
+    except (FileExistsError, ValueError) as error:
+        parser.error(str(error))
+
+
+if __name__ == "__main__":
+    main()
