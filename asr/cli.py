@@ -158,6 +158,13 @@ def _add_prepare(verbs: argparse._SubParsersAction) -> None:
     q.add_argument("--out", required=True, help="directory for <subset>.jsonl")
     q.set_defaults(func=_prepare_librispeech)
 
+    q = corpora.add_parser("fsdd", help="Free Spoken Digit Dataset, split by speaker")
+    q.add_argument("--data-root", required=True, help="FSDD folder with transcripts.tsv and recordings/")
+    q.add_argument("--test-speakers", nargs="+", default=["theo", "yweweler"], metavar="NAME",
+                   help="speakers held out for test (default: theo yweweler)")
+    q.add_argument("--out", required=True, help="directory for train/dev/test.jsonl")
+    q.set_defaults(func=_prepare_fsdd)
+
     q = corpora.add_parser("librispeech-tree", help="any LibriSpeech-layout tree (e.g. synthetic) to one manifest")
     q.add_argument("--root", required=True, help="directory with SPEAKER/CHAPTER/*.flac and *.trans.txt")
     q.add_argument("--out", required=True, help="manifest file, e.g. data/train.jsonl")
@@ -178,6 +185,17 @@ def _prepare_librispeech(args: argparse.Namespace) -> int:
             download_librispeech(args.data_root, subsets, mirror=args.mirror, include_lm=args.with_lm)
         prepare_librispeech(args.data_root, args.out, subsets)
     except (ChecksumError, DownloadError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _prepare_fsdd(args: argparse.Namespace) -> int:
+    from asr.data.fsdd import prepare_fsdd
+
+    try:
+        prepare_fsdd(args.data_root, args.out, args.test_speakers)
+    except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -1,0 +1,77 @@
+# Shared by every recipe's run.sh (sourced, not run): option parsing, stage selection with
+# .done markers, and the RESULTS.md writer. Recipes keep their stages visible in run.sh.
+#
+# Options: --stage N, --stop-stage M, --quick (a recipe decides what quick means).
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+[ -x "$root/.venv/bin/asr" ] && export PATH="$root/.venv/bin:$PATH"
+
+stage=1
+stop_stage=100
+quick=false
+while [ $# -gt 0 ]; do
+  case $1 in
+    --stage) stage=$2; shift 2 ;;
+    --stop-stage) stop_stage=$2; shift 2 ;;
+    --quick) quick=true; shift ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+# run_stage N DESCRIPTION MARKER: true when stage N is selected and its marker is absent.
+run_stage() {
+  [ "$1" -ge "$stage" ] && [ "$1" -le "$stop_stage" ] || return 1
+  if [ -f "$3" ]; then
+    echo "== stage $1: $2: done already ($3)"
+    return 1
+  fi
+  echo
+  echo "== stage $1: $2 ($(date +%H:%M:%S))"
+}
+
+# score_splits EXP DATA SPLIT...: asr score for each decoded split -> EXP/decode_SPLIT/score.txt
+score_splits() {
+  local exp=$1 data=$2; shift 2
+  for split in "$@"; do
+    asr score "$data/$split.jsonl" "$exp/decode_$split/hyp.txt" \
+      --alignments "$exp/decode_$split/alignments.txt" > "$exp/decode_$split/score.txt"
+  done
+}
+
+# write_results FILE TITLE EXP COMMAND SPLIT...: a RESULTS.md table from the score files.
+write_results() {
+  local file=$1 title=$2 exp=$3 command=$4; shift 4
+  {
+    echo "# $title"
+    echo
+    echo "Produced by \`$command\` on $(date -u +%Y-%m-%d), $(nproc) CPU cores, no GPU."
+    echo "Model: \`$exp/final.pt\`; greedy CTC decoding."
+    echo
+    echo "| set | WER | CER |"
+    echo "|---|---|---|"
+    for split in "$@"; do
+      echo "| $split | $(awk '/^WER/ {print $2}' "$exp/decode_$split/score.txt") | $(awk '/^CER/ {print $2}' "$exp/decode_$split/score.txt") |"
+    done
+    echo
+    echo "Training curve (\`$exp/log.csv\`):"
+    echo
+    echo '```'
+    cat "$exp/log.csv"
+    echo '```'
+    for split in "$@"; do
+      echo
+      echo "\`asr score\` on $split (alignments: \`$exp/decode_$split/alignments.txt\`):"
+      echo
+      echo '```'
+      cat "$exp/decode_$split/score.txt"
+      echo '```'
+    done
+  } > "$file.tmp"
+  mv "$file.tmp" "$file"
+}
+
+# last_wer EXP SPLIT: print the recipe's closing line "WER SPLIT <value>".
+last_wer() {
+  [ -f "$1/decode_$2/score.txt" ] && echo "WER $2 $(awk '/^WER/ {print $2}' "$1/decode_$2/score.txt")"
+}

@@ -1,0 +1,150 @@
+"""Loader and Trainer: bucketing, CTC filtering, non-finite guard, and exact resume after SIGKILL."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from asr.checkpoint import load_checkpoint
+from asr.data.loader import BucketBatchSampler, ctc_min_frames, filter_for_ctc
+from asr.training import OptimConfig, DataConfig, TrainConfig, Trainer
+
+WORDS = ["ALPHA", "BRAVO", "CHARLIE", "DELTA", "ECHO", "FOXTROT", "GOLF", "HOTEL"]
+
+
+def make_manifest(tmp_path, count=24, seed=0):
+    """Short noise-plus-tone utterances with random word transcripts (learning is not the point)."""
+    rng = np.random.default_rng(seed)
+    entries = []
+    for i in range(count):
+        seconds = rng.uniform(0.8, 2.5)
+        t = np.arange(int(seconds * 16000)) / 16000
+        audio = 0.05 * rng.standard_normal(len(t)) + 0.2 * np.sin(2 * np.pi * rng.uniform(100, 900) * t)
+        path = tmp_path / f"utt{i}.flac"
+        sf.write(path, audio.astype("float32"), 16000)
+        text = " ".join(rng.choice(WORDS, size=2))
+        entries.append({"id": f"utt{i}", "audio": str(path), "duration": len(t) / 16000, "text": text, "speaker": "s"})
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    return manifest, entries
+
+
+def test_bucket_sampler_caps_padded_frames_and_covers_everything():
+    durations = list(np.random.default_rng(0).uniform(0.5, 35.0, 500))
+    sampler = BucketBatchSampler(durations, max_frames=8000, seed=3)
+    batches = list(sampler)
+    frames = sampler.frames
+    assert sorted(i for b in batches for i, _ in b) == list(range(500))
+    assert all(len(b) * max(frames[i] for i, _ in b) <= 8000 for b in batches)
+    assert len(batches) == len(sampler)
+
+
+def test_bucket_sampler_deterministic_per_epoch_and_resumable():
+    durations = list(np.random.default_rng(1).uniform(0.5, 20.0, 300))
+    a, b = BucketBatchSampler(durations, 6000, seed=7), BucketBatchSampler(durations, 6000, seed=7)
+    assert list(a) == list(b)
+    b.set_epoch(1)
+    assert list(a) != list(b)
+    full = list(b)
+    b.set_epoch(1, start=4)
+    assert list(b) == full[4:]
+
+
+def test_bucket_sampler_splits_ranks_evenly():
+    durations = list(np.random.default_rng(2).uniform(0.5, 10.0, 301))
+    ranks = [BucketBatchSampler(durations, 3000, seed=0, rank=r, world_size=3) for r in range(3)]
+    lists = [list(r) for r in ranks]
+    assert len({len(x) for x in lists}) == 1
+    seen = [i for x in lists for b in x for i, _ in b]
+    assert len(seen) == len(set(seen))
+
+
+def test_sampler_rejects_utterance_longer_than_batch_cap():
+    with pytest.raises(ValueError, match="max_frames=100"):
+        BucketBatchSampler([5.0], max_frames=100)
+
+
+def test_filter_for_ctc_counts_what_it_drops():
+    entries = [
+        {"duration": 1.0, "text": "HELLO"},  # 98 frames -> 25 output frames: fine
+        {"duration": 0.3, "text": "A VERY LONG TRANSCRIPT FOR SO LITTLE AUDIO"},
+        {"duration": 40.0, "text": "TOO LONG"},
+    ]
+    kept, dropped = filter_for_ctc(entries, lambda n: (n - 1) // 4 + 1, max_duration=35.0)
+    assert kept == entries[:1]
+    assert dropped == {"transcript longer than output frames": 1, "longer than max_duration": 1}
+    assert ctc_min_frames("HELLO") == 6  # the double L needs a blank between
+
+
+def tiny_config(tmp_path, manifest, **overrides):
+    values = dict(
+        exp_dir=str(tmp_path / "exp"),
+        model_config={"hidden_size": 32, "num_layers": 1, "conv_channels": 4},
+        data=DataConfig(train=str(manifest), valid=str(manifest), max_frames=600, num_workers=0),
+        optim=OptimConfig(lr=1e-3, warmup_steps=2),
+        epochs=2,
+        threads=1,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_nonfinite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
+    manifest, _ = make_manifest(tmp_path, count=8)
+    trainer = Trainer(tiny_config(tmp_path, manifest, epochs=1))
+    real_ctc = torch.nn.functional.ctc_loss
+    calls = []
+
+    def sometimes_nan(*args, **kwargs):
+        calls.append(1)
+        loss = real_ctc(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    monkeypatch.setattr(torch.nn.functional, "ctc_loss", sometimes_nan)
+    trainer.fit()
+    assert trainer.skipped_batches == 1
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def _train_cli(exp_dir, manifest, *extra):
+    return [
+        sys.executable, "-m", "asr", "train", f"exp_dir={exp_dir}", f"data.train={manifest}",
+        f"data.valid={manifest}", "data.max_frames=400", "data.num_workers=1", "epochs=3",
+        "threads=1", "save_every_steps=1", "model_config.hidden_size=48", "model_config.num_layers=2",
+        "model_config.conv_channels=8", "optim.warmup_steps=3", "dither=0.001",
+        "data.augment.speed_perturb=true", "data.augment.noise_prob=0.5", *extra,
+    ]
+
+
+@pytest.mark.slow
+def test_exact_resume_after_sigkill(tmp_path):
+    manifest, _ = make_manifest(tmp_path, count=30)
+    straight = tmp_path / "straight"
+    subprocess.run(_train_cli(straight, manifest), check=True, capture_output=True, timeout=600)
+
+    resumed = tmp_path / "resumed"
+    process = subprocess.Popen(_train_cli(resumed, manifest), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (resumed / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    state = load_checkpoint(resumed / "last.pt").trainer_state
+    print(f"killed at epoch {state['epoch'] + 1}, batch {state['batch_in_epoch']}, step {state['step']}")
+    assert state["batch_in_epoch"] > 0, "the kill should land mid-epoch"
+    result = subprocess.run(_train_cli(resumed, manifest), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resumed from" in result.stderr + result.stdout
+
+    a = load_checkpoint(straight / "last.pt")
+    b = load_checkpoint(resumed / "last.pt")
+    assert a.trainer_state["step"] == b.trainer_state["step"]
+    for key, value in a.state_dict.items():
+        assert torch.equal(value, b.state_dict[key]), key
