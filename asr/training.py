@@ -129,21 +129,24 @@ def _cosine_schedule(warmup: int, total: int, final_ratio: float):
 
 
 def _rng_state() -> dict:
-    np_state = np.random.get_state()
+    """Every RNG state as plain Python values (bytes, lists): picklable across ranks and
+    loadable with ``weights_only=True``."""
+    name, keys, position, has_gauss, cached = np.random.get_state()
     return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state().numpy().tobytes(),
+        "cuda": [s.numpy().tobytes() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+        "numpy": [name, keys.tolist(), position, has_gauss, cached],
         "python": random.getstate(),
     }
 
 
 def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    as_tensor = lambda b: torch.frombuffer(bytearray(b), dtype=torch.uint8)  # noqa: E731
+    torch.set_rng_state(as_tensor(state["torch"]))
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy(), *rest))
+        torch.cuda.set_rng_state_all([as_tensor(b) for b in state["cuda"]])
+    name, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
     random.setstate(state["python"])
 
 
@@ -390,8 +393,19 @@ class Trainer:
             self.batch_in_epoch = 0
             metrics = self._end_of_epoch(train_loss, audio_seconds / max(elapsed, 1e-9), log_path)
         if self.world_size > 1:
-            dist.barrier()
+            self._check_ranks_in_sync()
         return metrics
+
+    def _check_ranks_in_sync(self) -> None:
+        """DDP keeps replicas identical; a difference means a bug (e.g. rank-dependent steps)."""
+        flat = torch.cat([p.detach().flatten() for p in self.model.parameters()])
+        reference = flat.clone()
+        dist.broadcast(reference, src=0)
+        difference = (flat - reference).abs().max()
+        dist.all_reduce(difference, op=dist.ReduceOp.MAX)
+        if difference.item() != 0:
+            raise RuntimeError(f"DDP ranks diverged: max weight difference {difference.item():.3g}")
+        self._log(f"{self.world_size} ranks hold identical weights")
 
     def _end_of_epoch(self, train_loss: float, audio_per_second: float, log_path: Path) -> dict:
         metrics = {"epoch": self.epoch, "step": self.step, "train_loss": round(train_loss, 4),
