@@ -6,29 +6,121 @@ import argparse
 import sys
 
 
+NO_MODEL_HINT = "error: no --model given; train one with recipes/synthetic/run.sh (leaves recipes/synthetic/exp/final.pt)"
+OUTPUT_EXTENSIONS = {"text": "txt", "json": "json", "srt": "srt", "vtt": "vtt"}
+
+
 def _transcribe(args: argparse.Namespace) -> int:
+    from collections import Counter
+    from pathlib import Path
+
+    from tqdm import tqdm
+
     from asr.audio import AudioError
-    from asr.checkpoint import CheckpointError
-    from asr.transcribe import Transcriber
+    from asr.data.manifest import read_manifest
+    from asr.transcribe import AUDIO_EXTENSIONS, Transcriber, audio_files, to_json, to_srt, to_vtt
+
+    if args.model is None:
+        print(NO_MODEL_HINT, file=sys.stderr)
+        return 2
+    # one dict per recording: {"audio": path} or, from a manifest, {"id": ..., "audio": ...};
+    # the id (else the path as given) labels its output
+    inputs, failures = [], []
+    for name in args.inputs:
+        if Path(name).is_dir():
+            found = audio_files(name)
+            if not found:
+                failures.append(f"{name}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this directory")
+            inputs += [{"audio": str(path)} for path in found]
+        else:
+            inputs.append({"audio": name})
+    if args.manifest:
+        try:
+            inputs += [{"id": str(entry["id"]), "audio": entry["audio"]} for entry in read_manifest(args.manifest)]
+        except (OSError, ValueError) as err:
+            return _fail(err)
+    if not inputs and not failures:
+        print("error: nothing to transcribe; give audio files, directories or --manifest", file=sys.stderr)
+        return 2
+
+    extension = OUTPUT_EXTENSIONS[args.format]
+    stems = [entry.get("id") or Path(entry["audio"]).stem for entry in inputs]
+    if args.output_dir:
+        clashes = sorted(stem for stem, n in Counter(stems).items() if n > 1)
+        if clashes:
+            print(f"error: several inputs would write {Path(args.output_dir) / clashes[0]}.{extension}; "
+                  "give them distinct names", file=sys.stderr)
+            return 2
+        Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    elif args.format in ("srt", "vtt") and len(inputs) > 1:
+        print(f"error: --format {args.format} makes one document per input; give --output-dir for {len(inputs)} inputs",
+              file=sys.stderr)
+        return 2
 
     try:
-        transcriber = Transcriber(args.model, device=args.device)
-    except (CheckpointError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    failures = []
-    for path in args.files:
-        try:
-            result = transcriber.transcribe_file(path)
-        except AudioError as err:
-            failures.append(path)
-            print(f"error: {err}", file=sys.stderr)
-            continue
-        print(f"{path}\t{result.text}", flush=True)
+        transcriber = Transcriber(args.model, device=args.device, beam=_beam_options(args))
+    except (RuntimeError, OSError, ImportError, ValueError) as err:
+        return _fail(err)
+    render = {"json": lambda result, entry: to_json(result, **entry) + "\n",
+              "srt": lambda result, _: to_srt(result),
+              "vtt": lambda result, _: to_vtt(result),
+              "text": lambda result, _: result.text + "\n"}[args.format]
+    total = len(inputs) + len(failures)  # the failures so far are directories without audio
+    results = transcriber.transcribe_files([entry["audio"] for entry in inputs], batch_size=args.batch_size)
+    progress = tqdm(total=len(inputs), unit="file", file=sys.stderr, disable=len(inputs) < 2)
+    for entry, stem, (_, result) in zip(inputs, stems, results):
+        progress.update()
+        if isinstance(result, AudioError):
+            failures.append(str(result))
+            progress.write(f"error: {result}", file=sys.stderr)
+        elif args.output_dir:
+            (Path(args.output_dir) / f"{stem}.{extension}").write_text(render(result, entry), encoding="utf-8")
+        elif args.format == "text":
+            print(f"{entry.get('id') or entry['audio']}\t{result.text}", flush=True)
+        else:
+            print(render(result, entry), end="", flush=True)
+    progress.close()
     if failures:
-        print(f"{len(failures)} of {len(args.files)} file(s) failed: {', '.join(failures)}", file=sys.stderr)
+        print(f"{len(failures)} of {total} file(s) failed:", file=sys.stderr)
+        print("\n".join(f"  {failure}" for failure in failures), file=sys.stderr)
         return 1
     return 0
+
+
+def _fail(err: Exception) -> int:
+    """Print a one-line error (an OSError without its errno noise) and return exit status 2."""
+    message = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename else err
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+BEAM_OPTIONS = ("beam_size", "lm", "lexicon", "lm_weight", "word_score")
+
+
+def _add_beam_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("beam search (decoding is greedy unless one of these is given)")
+    g.add_argument("--beam-size", type=_positive_int, help="hypotheses kept after each frame (default: 32)")
+    g.add_argument("--lm", metavar="ARPA", help="word n-gram LM (ARPA; a KenLM binary needs --lexicon)")
+    g.add_argument("--lexicon", help="lexicon from asr.decoding.write_lexicon: only its words are produced")
+    g.add_argument("--lm-weight", type=float, help="weight of the LM's log10 probabilities (default: 1.0)")
+    g.add_argument("--word-score", type=float, help="score added per word (default: 0.0)")
+
+
+def _beam_options(args: argparse.Namespace):
+    """BeamSearchOptions from the beam options given, or None (greedy) when none is."""
+    given = {name: getattr(args, name) for name in BEAM_OPTIONS if getattr(args, name) is not None}
+    if not given:
+        return None
+    from asr.decoding import BeamSearchOptions
+
+    return BeamSearchOptions(**given)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,13 +128,23 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = verbs.add_parser("transcribe", help="transcribe audio files with a trained model")
-    p.add_argument("files", nargs="+", metavar="FILE", help="audio files (WAV, FLAC, OGG, MP3; any rate, any channels)")
-    p.add_argument("--model", required=True, help="checkpoint file, e.g. recipes/synthetic/exp/final.pt")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="audio files (WAV, FLAC, OGG, Opus, MP3; any rate, any channels) or directories (searched recursively)")
+    p.add_argument("--manifest", help="JSONL manifest: transcribe its entries' audio, labelled by their ids")
+    p.add_argument("--model", help="checkpoint file, e.g. recipes/synthetic/exp/final.pt")
+    p.add_argument("--format", choices=list(OUTPUT_EXTENSIONS), default="text",
+                   help="text: PATH<TAB>TEXT lines; json: text, duration and words with start, end and confidence "
+                        "(one line per input); srt, vtt: subtitles (default: text)")
+    p.add_argument("--output-dir", metavar="DIR", help="write DIR/<stem>.<txt|json|srt|vtt> per input instead of printing")
+    p.add_argument("--batch-size", type=_positive_int, default=1, metavar="N",
+                   help="segments or short files run through the model together (default: 1)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run the model (default: cpu)")
+    _add_beam_options(p)
     p.set_defaults(func=_transcribe)
     _add_prepare(verbs)
     _add_training(verbs)
     _add_score(verbs)
+    _add_stream(verbs)
     return parser
 
 
@@ -70,6 +172,9 @@ def _add_training(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", required=True, help="JSONL manifest to decode")
     p.add_argument("--out", required=True, help="hypotheses file (id<TAB>text), for asr score")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--batch-size", type=_positive_int, default=1, metavar="N",
+                   help="segments or short files run through the model together (default: 1)")
+    _add_beam_options(p)
     p.set_defaults(func=_decode)
 
 
@@ -117,7 +222,12 @@ def _average(args: argparse.Namespace) -> int:
 def _decode(args: argparse.Namespace) -> int:
     from asr.transcribe import decode_manifest
 
-    failures = decode_manifest(args.model, args.manifest, args.out, device=args.device)
+    try:
+        failures = decode_manifest(
+            args.model, args.manifest, args.out, device=args.device, beam=_beam_options(args), batch_size=args.batch_size
+        )
+    except (RuntimeError, OSError, ImportError, ValueError) as err:
+        return _fail(err)
     return 1 if failures else 0
 
 
@@ -153,9 +263,12 @@ def _add_prepare(verbs: argparse._SubParsersAction) -> None:
     q.add_argument("--data-root", required=True, help="holds LibriSpeech/<subset>/ (downloads go here)")
     q.add_argument("--download", action="store_true", help="download, verify and extract missing subsets first")
     q.add_argument("--mirror", help="base URL instead of https://www.openslr.org/resources/ (needs --download)")
+    q.add_argument("--checksums", metavar="FILE",
+                   help="md5sum-format list (e.g. a mirror's md5sum.txt) replacing the built-in MD5 sums of the "
+                        "files it names (needs --download)")
     q.add_argument("--subsets", nargs="+", metavar="SUBSET", help="default: all seven standard subsets")
     q.add_argument("--with-lm", action="store_true", help="also fetch the LM files to DATA_ROOT/lm (with --download)")
-    q.add_argument("--out", required=True, help="directory for <subset>.jsonl")
+    q.add_argument("--out", help="directory for <subset>.jsonl (without it, --download only downloads)")
     q.set_defaults(func=_prepare_librispeech)
 
     q = corpora.add_parser("fsdd", help="Free Spoken Digit Dataset, split by speaker")
@@ -173,17 +286,23 @@ def _add_prepare(verbs: argparse._SubParsersAction) -> None:
 
 def _prepare_librispeech(args: argparse.Namespace) -> int:
     from asr.data.librispeech import (
-        SUBSETS, ChecksumError, DownloadError, download_librispeech, prepare_librispeech,
+        CHECKSUMS, SUBSETS, ChecksumError, DownloadError, download_librispeech, prepare_librispeech, read_md5sums,
     )
 
-    if (args.mirror or args.with_lm) and not args.download:
-        print("error: --mirror and --with-lm need --download", file=sys.stderr)
+    if (args.mirror or args.with_lm or args.checksums) and not args.download:
+        print("error: --mirror, --checksums and --with-lm need --download", file=sys.stderr)
+        return 2
+    if not (args.download or args.out):
+        print("error: nothing to do; give --download, --out or both", file=sys.stderr)
         return 2
     subsets = args.subsets or list(SUBSETS)
     try:
         if args.download:
-            download_librispeech(args.data_root, subsets, mirror=args.mirror, include_lm=args.with_lm)
-        prepare_librispeech(args.data_root, args.out, subsets)
+            checksums = {**CHECKSUMS, **read_md5sums(args.checksums)} if args.checksums else CHECKSUMS
+            download_librispeech(args.data_root, subsets, mirror=args.mirror, include_lm=args.with_lm,
+                                 checksums=checksums)
+        if args.out:
+            prepare_librispeech(args.data_root, args.out, subsets)
     except (ChecksumError, DownloadError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -214,6 +333,100 @@ def _prepare_librispeech_tree(args: argparse.Namespace) -> int:
     write_manifest(args.out, kept)
     print(f"wrote {len(kept)} entries to {args.out}")
     return 0
+
+
+def _add_stream(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("stream", help="live recognition from a microphone (or a file streamed like one)")
+    p.add_argument("--model", help="streaming checkpoint (trained with model=streaming_gru)")
+    p.add_argument("--device", metavar="NAME|INDEX", help="input device (default: the system's default input)")
+    p.add_argument("--list-devices", action="store_true", help="list the input devices and exit")
+    p.add_argument("--chunk-ms", type=_positive_int, default=160, metavar="MS",
+                   help="audio fed to the model per step (default: 160)")
+    p.add_argument("--file", help="stream this audio file through the recognizer instead of a microphone")
+    p.add_argument("--realtime", action="store_true", help="with --file: feed it at the pace of real time")
+    p.add_argument("--max-seconds", type=float, metavar="S",
+                   help="stop after S seconds of audio (default: at Ctrl-C or the end of --file)")
+    p.set_defaults(func=_stream)
+
+
+def _stream(args: argparse.Namespace) -> int:
+    """Partials rewrite one terminal line, finals get their own; not a terminal: finals only."""
+    import shutil
+    import statistics
+    import time
+
+    from asr.audio import AudioError, Microphone, MicrophoneError, iter_audio_blocks, list_input_devices
+    from asr.checkpoint import CheckpointError
+    from asr.streaming import Recognizer
+
+    mic = None
+    try:
+        if args.list_devices:
+            devices = list_input_devices()
+            if not devices:
+                raise MicrophoneError("no audio input device found")
+            for d in devices:
+                print(f"{'*' if d.is_default else ' '} {d.index}: {d.name} ({d.channels} ch, {d.default_rate} Hz)")
+            return 0
+        if not args.model or (args.realtime and not args.file):
+            print("error: --model is required, and --realtime needs --file", file=sys.stderr)
+            return 2
+        recognizer = Recognizer(args.model)
+        if args.file:
+            source = iter_audio_blocks(args.file, seconds=args.chunk_ms / 1000)
+        else:
+            device = int(args.device) if args.device and args.device.isdigit() else args.device
+            mic = Microphone(device, chunk_seconds=args.chunk_ms / 1000)
+            rate = f" at {mic.capture_rate} Hz, resampled to 16000 Hz" if mic.capture_rate != 16000 else ""
+            print(f"listening on {mic.name!r}{rate}; Ctrl-C to stop", file=sys.stderr)
+            source = iter(mic)
+    except (CheckpointError, MicrophoneError, AudioError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    tty = sys.stdout.isatty()
+    finals, latencies = [], []
+
+    def show(event) -> None:
+        if event.kind == "partial":
+            latencies.append(event.latency)
+            if tty:
+                width = shutil.get_terminal_size().columns - 1
+                sys.stdout.write("\r\033[K" + event.text[-width:])
+                sys.stdout.flush()
+            return
+        finals.append(event.text)
+        suffix = f"  ({event.latency * 1000:.0f} ms after its last word)" if tty else ""
+        print(("\r\033[K" if tty else "") + event.text + suffix, flush=True)
+
+    seconds, start, status = 0.0, time.perf_counter(), 0
+    try:
+        for chunk in source:
+            if args.realtime:  # a chunk is complete only once its last sample has been "spoken"
+                time.sleep(max(0.0, start + seconds + len(chunk) / 16000 - time.perf_counter()))
+            seconds += len(chunk) / 16000
+            for event in recognizer.accept_audio(chunk):
+                show(event)
+            if args.max_seconds is not None and seconds >= args.max_seconds:
+                break
+    except KeyboardInterrupt:
+        pass
+    except AudioError as err:
+        print(f"error: {err}", file=sys.stderr)
+        status = 1
+    finally:
+        if mic is not None:
+            mic.close()
+    for event in recognizer.finish():
+        show(event)
+    if tty:
+        sys.stdout.write("\r\033[K")
+    summary = f"{len(finals)} utterance(s) finalised from {seconds:.1f} s of audio"
+    if len(latencies) >= 2:
+        cuts = statistics.quantiles(latencies, n=20)
+        summary += f"; partial latency p50 {statistics.median(latencies) * 1000:.0f} ms, p95 {cuts[-1] * 1000:.0f} ms"
+    print(summary, file=sys.stderr)
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -153,3 +153,47 @@ class SpecAugment(nn.Module):
             start = (torch.rand(batch, 1, device=feats.device) * (lengths.to(feats.device)[:, None] - width).clamp_min(1)).long()
             keep &= ~((frame_idx >= start) & (frame_idx < start + width))[:, :, None]
         return feats * keep
+
+
+class StreamingLogMel:
+    """:class:`LogMelFrontend` on audio that arrives in chunks of any size.
+
+    Each call returns the frames whose 25 ms window is complete and keeps the samples that
+    later frames still need, so the frames of all calls, concatenated, are those of
+    ``LogMelFrontend`` on the whole signal (frame ``t`` covers samples ``[160 t, 160 t + 400)``
+    whatever the chunking). No dither: this is for inference.
+
+    >>> stream = StreamingLogMel()
+    >>> stream.accept_audio(torch.zeros(320)).shape, stream.accept_audio(torch.zeros(320)).shape
+    (torch.Size([1, 0, 80]), torch.Size([1, 2, 80]))
+
+    Shapes: audio ``(samples,)`` -> features ``(1, frames, n_mels)``.
+    """
+
+    def __init__(self, n_mels: int = 80) -> None:
+        self.frontend = LogMelFrontend(n_mels).eval()
+        self.n_mels = n_mels
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the pending samples (start of a new, unrelated signal)."""
+        self.tail = torch.zeros(0)
+
+    def to(self, device: torch.device | str) -> StreamingLogMel:
+        self.frontend.to(device)
+        self.tail = self.tail.to(device)
+        return self
+
+    def accept_audio(self, chunk: torch.Tensor) -> torch.Tensor:
+        chunk = torch.as_tensor(chunk, dtype=torch.float32, device=self.tail.device)
+        if chunk.dim() != 1:
+            raise ValueError(f"expected mono audio (samples,), got shape {tuple(chunk.shape)}")
+        audio = torch.cat([self.tail, chunk])
+        frames = num_frames(audio.shape[0])
+        if frames == 0:
+            self.tail = audio
+            return audio.new_zeros(1, 0, self.n_mels)
+        with torch.no_grad():
+            feats, _ = self.frontend(audio[None, : (frames - 1) * HOP_LENGTH + WIN_LENGTH])
+        self.tail = audio[frames * HOP_LENGTH :]
+        return feats

@@ -49,6 +49,7 @@ class DataConfig:
     max_frames: int = 40000  # padded feature frames per batch (10 ms each): 400 s of audio
     max_duration: float = 35.0  # seconds; longer utterances are dropped (count printed)
     num_workers: int = 1
+    sortagrad: bool = True  # first epoch: shortest batches first
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -203,6 +204,7 @@ class Trainer:
             rank=self.rank,
             world_size=self.world_size,
             max_speed_factor=slowest,
+            sortagrad=config.data.sortagrad,
         )
         self.valid_entries = self._load_entries(config.data.valid, "valid", 1.0) if config.data.valid else []
 
@@ -366,29 +368,35 @@ class Trainer:
                 mininterval=1.0 if os.isatty(2) else 30.0,
                 dynamic_ncols=True,
             )
-            running_loss, running_count, audio_seconds, start = torch.zeros(()), 0, 0.0, time.perf_counter()
+            # epoch totals for the log; the progress bar shows the mean since its last refresh
+            zero = torch.zeros((), device=self.device)
+            epoch_loss, epoch_count, recent_loss, recent_count = zero, 0, zero, 0
+            audio_seconds, start = 0.0, time.perf_counter()
             for batch in self._loader(self.train_set, self.sampler):
                 self.batch_in_epoch += 1
                 self.step += 1
                 if batch is not None:
                     loss, finite = self._train_step(batch)
                     if finite:
-                        running_loss += loss.cpu()
-                        running_count += 1
+                        recent_loss = recent_loss + loss  # stays on the device: no sync per step
+                        recent_count += 1
                     audio_seconds += batch.audio_lengths.sum().item() / 16000 * self.world_size
                 bar.update(1)
-                if self.step % config.log_every_steps == 0 and running_count:
+                if self.step % config.log_every_steps == 0 and recent_count:
+                    epoch_loss = epoch_loss + recent_loss
+                    epoch_count += recent_count
                     bar.set_postfix(
-                        loss=f"{running_loss.item() / running_count:.3f}",
+                        loss=f"{recent_loss.item() / recent_count:.3f}",
                         lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
                         audio_s_per_s=f"{audio_seconds / (time.perf_counter() - start):.0f}",
                         refresh=False,
                     )
+                    recent_loss, recent_count = zero, 0
                 if self.step % config.save_every_steps == 0:
                     self._save_last()
             bar.close()
             elapsed = time.perf_counter() - start
-            train_loss = running_loss.item() / max(1, running_count)
+            train_loss = (epoch_loss + recent_loss).item() / max(1, epoch_count + recent_count)
             self.epoch += 1
             self.batch_in_epoch = 0
             metrics = self._end_of_epoch(train_loss, audio_seconds / max(elapsed, 1e-9), log_path)

@@ -1,33 +1,71 @@
-"""File -> text with a trained checkpoint: audio in bounded-memory segments, log-mel frontend,
-acoustic model, CTC decoding."""
+"""File -> text with word times, with a trained checkpoint: audio in bounded-memory segments,
+log-mel frontend, acoustic model, CTC decoding (greedy, or beam search with an optional LM),
+and the output formats of ``asr transcribe`` (text, JSON, SRT, VTT).
+
+Word times come from the CTC output itself: a word runs from the frame at which its first
+character is emitted to the end of its last character's run of frames (the frames after the
+emission that the model still gives most to that character), each output frame being
+``time_stride x 10 ms``. This needs no second pass and works for greedy and beam hypotheses
+alike, since both carry emission frames. (``torchaudio.functional.forced_align`` against the
+hypothesis would return the same best path for the characters plus the blanks between them,
+which carry no word boundary either.) CTC places its character peaks where the model is
+certain, not where the sound is, and a model may keep emitting the last character into a
+pause, so each word is then trimmed to the speech it covers: 10 ms frames more than
+``SILENCE_DB`` below the segment's loudest are silence.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import os
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from asr.audio import iter_audio_blocks, split_on_silence
+from asr.audio import SAMPLE_RATE, AudioError, iter_audio_blocks, split_on_silence
 from asr.checkpoint import load_checkpoint
-from asr.decoding import greedy_ctc_decode
-from asr.features import LogMelFrontend
+from asr.decoding import BeamSearchDecoder, BeamSearchOptions, Hypothesis, greedy_ctc_decode
+from asr.features import HOP_LENGTH, LogMelFrontend, num_frames
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
+SILENCE_DB = 40.0  # a 10 ms frame this far below the segment's loudest is silence
+
+
+@dataclass
+class Word:
+    word: str
+    start: float  # seconds from the start of the file
+    end: float
+    confidence: float  # mean posterior of the word's characters at their emission frames
 
 
 @dataclass
 class Transcript:
     text: str
     duration: float  # seconds of audio
+    words: list[Word] = field(default_factory=list)
 
 
 class Transcriber:
     """Holds a model in eval mode and transcribes files or waveforms.
 
     Long recordings are read block by block and cut at quiet points into segments of at most
-    ``max_segment_seconds``, so memory does not grow with the length of the file.
+    ``max_segment_seconds``, so memory does not grow with the length of the file. ``beam``
+    selects beam search (optionally with a word LM); without it decoding is greedy.
     """
 
-    def __init__(self, checkpoint: str | os.PathLike, device: str = "cpu", max_segment_seconds: float = 30.0) -> None:
+    def __init__(
+        self,
+        checkpoint: str | os.PathLike,
+        device: str = "cpu",
+        max_segment_seconds: float = 30.0,
+        beam: BeamSearchOptions | None = None,
+    ) -> None:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError("--device cuda requested but CUDA is not available; use --device cpu")
         ckpt = load_checkpoint(checkpoint)
@@ -36,41 +74,242 @@ class Transcriber:
         self.model = ckpt.build_model(self.device)
         self.frontend = LogMelFrontend(ckpt.model_config.get("n_mels", 80)).to(self.device).eval()
         self.max_segment_seconds = max_segment_seconds
+        self.beam_decoder = BeamSearchDecoder(self.tokenizer, beam) if beam is not None else None
+        # seconds per output frame: the model's subsampling of the 10 ms feature frames, read
+        # off a length long enough for its rounding not to matter
+        probe = 100_000
+        stride = probe / int(self.model.output_lengths(torch.tensor([probe])))
+        self.frame_seconds = round(stride) * HOP_LENGTH / SAMPLE_RATE
+
+    def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
+        if self.beam_decoder is not None:
+            return self.beam_decoder.decode(log_probs, lengths)
+        return greedy_ctc_decode(log_probs, lengths, self.tokenizer)
 
     @torch.inference_mode()
-    def transcribe_audio(self, audio: torch.Tensor) -> str:
-        """Mono 16 kHz ``(samples,)`` -> text."""
-        feats, lengths = self.frontend(audio.to(self.device)[None])
-        if lengths.item() == 0:
-            return ""
-        log_probs, out_lengths = self.model(feats, lengths)
-        return greedy_ctc_decode(log_probs, out_lengths, self.tokenizer)[0].text
+    def transcribe_batch(self, audios: list[torch.Tensor]) -> list[Transcript]:
+        """Mono 16 kHz ``(samples,)`` segments -> one transcript each, word times from the
+        segment's start. The segments go through the model as one padded batch (the frontend
+        and the model give every utterance the output it would get alone)."""
+        results = [Transcript("", len(audio) / SAMPLE_RATE) for audio in audios]
+        usable = [i for i, audio in enumerate(audios) if num_frames(len(audio)) > 0]  # < 25 ms: nothing to hear
+        if not usable:
+            return results
+        lengths = torch.tensor([len(audios[i]) for i in usable])
+        batch = torch.nn.utils.rnn.pad_sequence([audios[i] for i in usable], batch_first=True)
+        feats, feat_lengths = self.frontend(batch.to(self.device), lengths.to(self.device))
+        log_probs, out_lengths = self.model(feats, feat_lengths)
+        hyps = self.decode(log_probs, out_lengths)
+        log_probs, out_lengths = log_probs.float().cpu(), out_lengths.cpu()
+        for k, i in enumerate(usable):
+            words = self._words(hyps[k], log_probs[k, : out_lengths[k]], audios[i])
+            results[i] = Transcript(" ".join(w.word for w in words), results[i].duration, words)
+        return results
+
+    def _words(self, hyp: Hypothesis, log_probs: torch.Tensor, audio: torch.Tensor) -> list[Word]:
+        """Times and confidences of the hypothesis' words within its segment."""
+        space = self.tokenizer.tokens.index(" ")
+        best = log_probs.argmax(dim=-1).tolist()
+        # a lexicon decoder need not emit a space between words, so characters are matched to
+        # the words of the text rather than split at spaces
+        chars = [(token, frame) for token, frame in zip(hyp.tokens, hyp.frames) if token != space]
+        speech = _speech_frames(audio)
+        words, used = [], 0
+        for text in hyp.text.split():
+            span = chars[used : used + len(text)]
+            used += len(text)
+            token, end = span[-1]
+            end += 1
+            while end < len(best) and best[end] == token:
+                end += 1
+            start, end = _trim_to_speech(span[0][1] * self.frame_seconds, end * self.frame_seconds, speech)
+            confidence = sum(math.exp(log_probs[f, t]) for t, f in span) / len(span)
+            words.append(Word(text, start, end, confidence))
+        return words
+
+    def transcribe_audio(self, audio: torch.Tensor) -> Transcript:
+        """Mono 16 kHz ``(samples,)`` -> transcript (one segment: no cutting)."""
+        return self.transcribe_batch([audio])[0]
+
+    def transcribe_segments(self, segments: Iterable[tuple[float, torch.Tensor]]) -> Transcript:
+        """``(start_seconds, audio)`` segments of one recording -> its transcript, word times
+        offset by each segment's start."""
+        return _join([(start, self.transcribe_audio(segment)) for start, segment in segments])
 
     def transcribe_file(self, path: str | os.PathLike) -> Transcript:
-        texts, samples = [], 0
+        return self.transcribe_segments(self._segments(path))
+
+    def transcribe_files(
+        self, paths: Iterable[str | os.PathLike], batch_size: int = 1
+    ) -> Iterator[tuple[str, Transcript | AudioError]]:
+        """Transcribe files in order, ``batch_size`` segments at a time through the model
+        (segments of one long file, or several short files).
+
+        Yields ``(path, transcript)``, or ``(path, AudioError)`` for a file that cannot be read,
+        in input order as soon as each file is complete; a failure never stops the others.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch size must be at least 1, got {batch_size}")
+        files: deque[_InFlight] = deque()
+        batch: list[tuple[_InFlight, float, torch.Tensor]] = []
+
+        def run_batch() -> None:
+            for (item, start, _), result in zip(batch, self.transcribe_batch([s for _, _, s in batch])):
+                item.pieces.append((start, result))
+                item.waiting -= 1
+            batch.clear()
+
+        def completed() -> Iterator[tuple[str, Transcript | AudioError]]:
+            while files and files[0].read and (files[0].error is not None or not files[0].waiting):
+                item = files.popleft()
+                yield item.path, item.error if item.error is not None else _join(item.pieces)
+
+        for path in paths:
+            item = _InFlight(str(path))
+            files.append(item)
+            try:
+                for start, segment in self._segments(path):
+                    batch.append((item, start, segment))
+                    item.waiting += 1
+                    if len(batch) == batch_size:
+                        run_batch()
+            except AudioError as err:
+                item.error = err
+                batch[:] = [entry for entry in batch if entry[0] is not item]
+            item.read = True
+            yield from completed()
+        run_batch()
+        yield from completed()
+
+    def _segments(self, path: str | os.PathLike) -> Iterator[tuple[float, torch.Tensor]]:
         blocks = iter_audio_blocks(path, seconds=self.max_segment_seconds)
-        for _, segment in split_on_silence(blocks, self.max_segment_seconds, self.max_segment_seconds / 2):
-            samples += len(segment)
-            texts.append(self.transcribe_audio(segment))
-        return Transcript(" ".join(t for t in texts if t), samples / 16000)
+        return split_on_silence(blocks, self.max_segment_seconds, self.max_segment_seconds / 2)
 
 
-def decode_manifest(checkpoint: str | os.PathLike, manifest: str | os.PathLike, out: str | os.PathLike, device: str = "cpu") -> int:
-    """Greedy-decode every utterance of a manifest into ``id<TAB>text`` lines; returns failures."""
+@dataclass
+class _InFlight:
+    """A file whose segments are in batches: complete once read and all results are back."""
+
+    path: str
+    pieces: list[tuple[float, Transcript]] = field(default_factory=list)
+    waiting: int = 0  # segments sent to a batch whose results have not come back
+    read: bool = False
+    error: AudioError | None = None
+
+
+def _join(pieces: list[tuple[float, Transcript]]) -> Transcript:
+    """Segment transcripts -> the recording's, word times moved by each segment's start."""
+    words = [
+        dataclasses.replace(word, start=start + word.start, end=start + word.end)
+        for start, piece in pieces
+        for word in piece.words
+    ]
+    duration = max((start + piece.duration for start, piece in pieces), default=0.0)
+    return Transcript(" ".join(piece.text for _, piece in pieces if piece.text), duration, words)
+
+
+def _speech_frames(audio: torch.Tensor) -> torch.Tensor:
+    """One bool per 10 ms of ``audio``: True unless ``SILENCE_DB`` below the loudest frame."""
+    usable = len(audio) // HOP_LENGTH * HOP_LENGTH
+    energy = audio[:usable].float().reshape(-1, HOP_LENGTH).pow(2).mean(dim=1)
+    if not len(energy):
+        return energy.bool()
+    return energy > energy.max() * 10 ** (-SILENCE_DB / 10)
+
+
+def _trim_to_speech(start: float, end: float, speech: torch.Tensor) -> tuple[float, float]:
+    """Shrink ``[start, end)`` (seconds) to the speech frames inside it; unchanged if none."""
+    frame = HOP_LENGTH / SAMPLE_RATE
+    lo, hi = int(start / frame + 1e-6), min(len(speech), math.ceil(end / frame - 1e-6))
+    inside = speech[lo:hi].nonzero().flatten()
+    if not len(inside):
+        return start, end
+    return max(start, (lo + int(inside[0])) * frame), min(end, (lo + int(inside[-1]) + 1) * frame)
+
+
+def audio_files(directory: str | os.PathLike) -> list[Path]:
+    """Audio files under ``directory`` (recursively, by extension), sorted."""
+    return sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+
+
+def to_json(transcript: Transcript, **fields) -> str:
+    """One line of JSON: ``fields`` (e.g. the audio path), text, duration and timed words."""
+    words = [
+        {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3), "confidence": round(w.confidence, 3)}
+        for w in transcript.words
+    ]
+    return json.dumps(
+        {**fields, "text": transcript.text, "duration": round(transcript.duration, 3), "words": words},
+        ensure_ascii=False,
+    )
+
+
+def subtitle_cues(
+    words: list[Word], max_seconds: float = 7.0, max_chars: int = 42, max_pause: float = 1.0
+) -> list[tuple[float, float, str]]:
+    """Group words into ``(start, end, text)`` cues of at most ``max_seconds`` and ``max_chars``
+    (a longer single word gets a cue of its own). A pause longer than ``max_pause`` also ends a
+    cue, so that no line is on screen long before its words are spoken."""
+    cues, current = [], []
+    for word in words:
+        if current and (
+            word.end - current[0].start > max_seconds
+            or len(" ".join(w.word for w in current)) + 1 + len(word.word) > max_chars
+            or word.start - current[-1].end > max_pause
+        ):
+            cues.append(current)
+            current = []
+        current.append(word)
+    if current:
+        cues.append(current)
+    return [(cue[0].start, cue[-1].end, " ".join(w.word for w in cue)) for cue in cues]
+
+
+def _timestamp(seconds: float, separator: str) -> str:
+    ms = round(seconds * 1000)
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{separator}{ms % 1000:03d}"
+
+
+def to_srt(transcript: Transcript) -> str:
+    return "".join(
+        f"{n}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{text}\n\n"
+        for n, (start, end, text) in enumerate(subtitle_cues(transcript.words), start=1)
+    )
+
+
+def to_vtt(transcript: Transcript) -> str:
+    return "WEBVTT\n\n" + "".join(
+        f"{_timestamp(start, '.')} --> {_timestamp(end, '.')}\n{text}\n\n"
+        for start, end, text in subtitle_cues(transcript.words)
+    )
+
+
+def decode_manifest(
+    checkpoint: str | os.PathLike,
+    manifest: str | os.PathLike,
+    out: str | os.PathLike,
+    device: str = "cpu",
+    beam: BeamSearchOptions | None = None,
+    batch_size: int = 1,
+) -> int:
+    """Decode every utterance of a manifest into ``id<TAB>text`` lines; returns failures."""
+    import sys
+
     from tqdm import tqdm
 
-    from asr.audio import AudioError
     from asr.data.manifest import read_manifest
 
-    transcriber = Transcriber(checkpoint, device=device)
+    entries = read_manifest(manifest)
+    transcriber = Transcriber(checkpoint, device=device, beam=beam)
     failures = 0
+    results = transcriber.transcribe_files([entry["audio"] for entry in entries], batch_size=batch_size)
     with open(out, "w") as f:
-        for entry in tqdm(read_manifest(manifest), desc="decode", unit="utt", mininterval=2.0):
-            try:
-                text = transcriber.transcribe_file(entry["audio"]).text
-            except AudioError as err:
-                print(f"error: {err}")
+        for entry, (_, result) in tqdm(
+            zip(entries, results), total=len(entries), desc="decode", unit="utt", mininterval=2.0
+        ):
+            if isinstance(result, AudioError):
+                tqdm.write(f"error: {result}", file=sys.stderr)
                 failures += 1
                 continue
-            f.write(f"{entry['id']}\t{text}\n")
+            f.write(f"{entry['id']}\t{result.text}\n")
     return failures

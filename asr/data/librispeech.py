@@ -188,6 +188,35 @@ def _fetch(url: str, part: Path, timeout: float, progress: bool) -> None:
         raise _ShortRead(f"connection closed after {offset + received} of {offset + expected} bytes")
 
 
+def read_md5sums(path: str | os.PathLike) -> dict[str, str]:
+    """Checksum table from an ``md5sum``-format file (e.g. a local mirror's own ``md5sum.txt``).
+
+    Lines are ``<md5>  <path>`` (``<md5> *<path>`` in md5sum's binary mode). A path names a
+    LibriSpeech file by its last component, with or without a directory (``dev-clean.tar.gz``,
+    ``12/dev-clean.tar.gz``, ``./resources/11/4-gram.arpa.gz``), and is keyed as in
+    :data:`CHECKSUMS`; other files (a mirror's README, raw-metadata.tar.gz, ...) are ignored.
+    Merge the result over :data:`CHECKSUMS` so that it replaces the sums of the files it names.
+
+    Raises:
+        ValueError: a malformed line, or no LibriSpeech file named at all (one-line message).
+    """
+    resource = {f"{s}.tar.gz": "12" for s in SUBSETS} | {name: "11" for name in LM_FILES}
+    table = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, _, name = line.strip().partition(" ")
+        name = name.strip().removeprefix("*")
+        if len(digest) != 32 or not all(c in "0123456789abcdefABCDEF" for c in digest) or not name:
+            raise ValueError(f"{path}:{number}: not an md5sum line '<32 hex digits>  <file>': {line.strip()!r}")
+        base = name.rsplit("/", 1)[-1]
+        if base in resource:
+            table[f"{resource[base]}/{base}"] = digest.lower()
+    if not table:
+        raise ValueError(f"{path}: names none of the LibriSpeech files ({SUBSETS[0]}.tar.gz, ...)")
+    return table
+
+
 def download_librispeech(
     target_dir: str | os.PathLike,
     subsets: Iterable[str] = SUBSETS,

@@ -164,7 +164,9 @@ class BucketBatchSampler(Sampler):
     Utterances are sorted by duration (with a little seeded jitter each epoch so batches are
     not identical every epoch) and packed greedily so that ``batch size x longest frames``
     never exceeds ``max_frames``: a 35 s utterance gets a small batch of its own instead of
-    an out-of-memory error. The order of batches is shuffled per epoch from ``seed``.
+    an out-of-memory error. The order of batches is shuffled per epoch from ``seed``, except
+    in the first epoch with ``sortagrad`` (DeepSpeech 2): shortest batches first, which gets
+    CTC out of its initial all-blank plateau sooner.
 
     Distributed: the epoch's batch list is cut to a multiple of ``world_size`` and rank ``r``
     takes every ``world_size``-th batch, so every rank runs the same number of steps.
@@ -182,6 +184,7 @@ class BucketBatchSampler(Sampler):
         rank: int = 0,
         world_size: int = 1,
         max_speed_factor: float = 1.0,
+        sortagrad: bool = False,
     ) -> None:
         self.frames = np.array([num_frames(int(d * SAMPLE_RATE / max_speed_factor)) for d in durations])
         if len(self.frames) and self.frames.max() > max_frames:
@@ -190,7 +193,7 @@ class BucketBatchSampler(Sampler):
                 "raise max_frames or set a lower max_duration"
             )
         self.max_frames = max_frames
-        self.shuffle, self.seed = shuffle, seed
+        self.shuffle, self.seed, self.sortagrad = shuffle, seed, sortagrad
         self.rank, self.world_size = rank, world_size
         self.epoch, self.start = 0, 0
 
@@ -210,7 +213,7 @@ class BucketBatchSampler(Sampler):
             longest = longest_if_added
         if current:
             batches.append(current)
-        if self.shuffle:
+        if self.shuffle and not (self.sortagrad and self.epoch == 0):
             order = rng.permutation(len(batches))
             batches = [batches[i] for i in order]
         usable = len(batches) // self.world_size * self.world_size if self.world_size > 1 else len(batches)

@@ -8,9 +8,11 @@ from torch import nn
 
 from asr.config import config_from_dict
 from asr.models.blstm_ctc import BLSTMCTC, BLSTMCTCConfig
+from asr.models.streaming_gru import StreamingGRUCTC, StreamingGRUCTCConfig
 
 MODELS: dict[str, tuple[type[nn.Module], type]] = {
     "blstm_ctc": (BLSTMCTC, BLSTMCTCConfig),
+    "streaming_gru": (StreamingGRUCTC, StreamingGRUCTCConfig),
 }
 
 

@@ -3,7 +3,7 @@
 # from ../shared/data/fsdd (CC BY-SA 4.0, see its ATTRIBUTION.md; nothing is copied here).
 # Whole speakers are held out for test. BiLSTM-CTC over characters; a few minutes on 2 CPUs.
 #
-#   ./run.sh [--stage N] [--stop-stage M] [--quick] [FSDD_ROOT env var, default ../../../shared/data/fsdd]
+#   ./run.sh [--stage N] [--stop-stage M] [--quick] [--data DIR] [--exp DIR] [FSDD_ROOT env var, default ../../../shared/data/fsdd]
 #
 # Stages are idempotent (.done markers); an interrupted training resumes from exp/last.pt.
 set -euo pipefail
@@ -12,11 +12,13 @@ source ../shared/stages.sh
 
 fsdd_root=${FSDD_ROOT:-$root/../shared/data/fsdd}
 if $quick; then
-  data=data exp=exp/quick conf=conf/quick.yaml results=exp/quick/RESULTS.md
+  data=${data_dir:-data} exp=${exp_dir:-exp/quick} conf=conf/quick.yaml
 else
-  data=data exp=exp conf=conf/blstm_ctc.yaml results=RESULTS.md
+  data=${data_dir:-data} exp=${exp_dir:-exp} conf=conf/blstm_ctc.yaml
 fi
 mkdir -p "$data" "$exp"
+# the committed RESULTS.md is written only by a default run
+if $quick || [ -n "$exp_dir" ]; then results=$exp/RESULTS.md; else results=RESULTS.md; fi
 
 if run_stage 1 "manifests: train/dev on 4 speakers, test on 2 unseen speakers" "$data/.manifests.done"; then
   asr prepare fsdd --data-root "$fsdd_root" --out "$data"

@@ -1,7 +1,8 @@
 # Shared by every recipe's run.sh (sourced, not run): option parsing, stage selection with
 # .done markers, and the RESULTS.md writer. Recipes keep their stages visible in run.sh.
 #
-# Options: --stage N, --stop-stage M, --quick (a recipe decides what quick means).
+# Options: --stage N, --stop-stage M, --quick (a recipe decides what quick means),
+# --data DIR and --exp DIR (where data and models go; defaults chosen by the recipe).
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 [ -x "$root/.venv/bin/asr" ] && export PATH="$root/.venv/bin:$PATH"
@@ -9,11 +10,15 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 stage=1
 stop_stage=100
 quick=false
+data_dir=
+exp_dir=
 while [ $# -gt 0 ]; do
   case $1 in
     --stage) stage=$2; shift 2 ;;
     --stop-stage) stop_stage=$2; shift 2 ;;
     --quick) quick=true; shift ;;
+    --data) data_dir=$2; shift 2 ;;
+    --exp) exp_dir=$2; shift 2 ;;
     -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -39,13 +44,20 @@ score_splits() {
   done
 }
 
+# gpus: the GPUs nvidia-smi lists, e.g. "8 x NVIDIA H100 80GB HBM3", or "no GPU".
+gpus() {
+  local names
+  names=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | sort | uniq -c | awk '{n = $1; $1 = ""; printf "%s%s x%s", sep, n, $0; sep = ", "}') || true
+  echo "${names:-no GPU}"
+}
+
 # write_results FILE TITLE EXP COMMAND SPLIT...: a RESULTS.md table from the score files.
 write_results() {
   local file=$1 title=$2 exp=$3 command=$4; shift 4
   {
     echo "# $title"
     echo
-    echo "Produced by \`$command\` on $(date -u +%Y-%m-%d), $(nproc) CPU cores, no GPU."
+    echo "Produced by \`$command\` on $(date -u +%Y-%m-%d), $(nproc) CPU cores, $(gpus)."
     echo "Model: \`$exp/final.pt\`; greedy CTC decoding."
     echo
     echo "| set | WER | CER |"

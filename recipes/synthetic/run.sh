@@ -3,7 +3,7 @@
 # sentences unseen in training) -> manifests -> CMVN -> BiLSTM-CTC -> average of the last
 # epochs -> greedy decoding -> WER. On a 2-core CPU: about 20 minutes, a few with --quick.
 #
-#   ./run.sh [--stage N] [--stop-stage M] [--quick]
+#   ./run.sh [--stage N] [--stop-stage M] [--quick] [--data DIR] [--exp DIR]
 #
 # Stages are idempotent: a finished stage leaves a .done marker and is skipped next time
 # (delete the marker to redo it). An interrupted training resumes from exp/last.pt.
@@ -12,13 +12,15 @@ cd "$(dirname "$0")"
 source ../shared/stages.sh
 
 if $quick; then
-  data=data/quick exp=exp/quick conf=conf/quick.yaml results=exp/quick/RESULTS.md
+  data=${data_dir:-data/quick} exp=${exp_dir:-exp/quick} conf=conf/quick.yaml
   corpus_args="--train-sentences 600 --dev-sentences 60 --test-sentences 100 --train-speakers 40 --dev-speakers 4 --test-speakers 6"
 else
-  data=data/default exp=exp conf=conf/blstm_ctc.yaml results=RESULTS.md
+  data=${data_dir:-data/default} exp=${exp_dir:-exp} conf=conf/blstm_ctc.yaml
   corpus_args="--train-sentences 9000 --dev-sentences 200 --test-sentences 300 --train-speakers 200 --dev-speakers 8 --test-speakers 8"
 fi
 mkdir -p "$data" "$exp"
+# the committed RESULTS.md is written only by a default run
+if $quick || [ -n "$exp_dir" ]; then results=$exp/RESULTS.md; else results=RESULTS.md; fi
 
 if run_stage 1 "synthesize the corpus with espeak-ng" "$data/.synth.done"; then
   python "$root/tools/synthesize_corpus.py" --out "$data/corpus" --seed 0 $corpus_args

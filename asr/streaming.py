@@ -1,0 +1,204 @@
+"""Streaming recognition: feed audio chunks as they arrive, get partial and final hypotheses.
+
+audio chunks -> :class:`~asr.features.StreamingLogMel` -> streaming model ``step`` ->
+incremental greedy CTC -> :class:`Event` s. Used by ``asr stream`` (microphone or file).
+
+An utterance ends at an *endpoint* (:class:`EndpointConfig`): enough trailing silence after
+some text, or a maximum length. Its final hypothesis is emitted, and the model and decoder
+start afresh on the following audio; the audio stream itself is never cut, so the features
+the new utterance needs are replayed into the fresh model and no sample is lost or doubled.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from asr.audio import SAMPLE_RATE
+from asr.checkpoint import CheckpointError, load_checkpoint
+from asr.features import HOP_LENGTH, WIN_LENGTH, StreamingLogMel
+from asr.text import Tokenizer
+
+
+@dataclass
+class EndpointConfig:
+    """When an utterance is final. Silence is read off the model's output: a run of output
+    frames whose most probable token is the CTC blank (robust to background noise that an
+    energy detector would take for speech)."""
+
+    trailing_silence: float = 0.8  # seconds of blank frames after some text end the utterance
+    max_utterance: float = 20.0  # seconds: an utterance this long ends even mid-speech
+    # Before any text, a blank run of trailing_silence restarts the model without an event
+    # (it never runs for long on silence it was not trained on) and re-reads the last
+    # `silence_replay` seconds, where a word may have begun without a character yet.
+    silence_replay: float = 0.3
+
+
+@dataclass
+class Event:
+    kind: str  # "partial" (the text so far, only when it changed) or "final"
+    text: str
+    utterance: int  # 0, 1, ... within the session
+    start: float  # stream seconds where the utterance's audio starts
+    end: float  # stream seconds where the audio of the text's last character ends
+    latency: float  # wall seconds from the arrival of the chunk holding `end` to this event
+
+
+class Recognizer:
+    """A streaming recognition session over one continuous audio stream.
+
+    >>> recognizer = Recognizer("exp/final.pt")  # doctest: +SKIP
+    >>> for chunk in microphone:  # doctest: +SKIP
+    ...     for event in recognizer.accept_audio(chunk):
+    ...         print(event.kind, event.text)
+    >>> recognizer.finish()  # doctest: +SKIP
+
+    Args:
+        model: a checkpoint path, or a streaming model (with ``initial_state``/``step``/``flush``).
+        tokenizer: the model's tokenizer (taken from the checkpoint when ``model`` is a path).
+        endpoint: endpointing rules (defaults: :class:`EndpointConfig`).
+        device: where the model runs.
+        clock: wall clock for latencies, in seconds.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | nn.Module,
+        tokenizer: Tokenizer | None = None,
+        endpoint: EndpointConfig | None = None,
+        device: str | torch.device = "cpu",
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        if isinstance(model, (str, os.PathLike)):
+            ckpt = load_checkpoint(model)
+            path, model, tokenizer = model, ckpt.build_model(device), ckpt.tokenizer
+            if not hasattr(model, "step"):
+                raise CheckpointError(f"{path}: a {ckpt.model_name} model cannot stream; train one with model=streaming_gru")
+        elif not hasattr(model, "step"):
+            raise ValueError(f"{type(model).__name__} cannot stream: it has no step()")
+        if tokenizer is None:
+            raise ValueError("a model given without its checkpoint needs its tokenizer")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.endpoint = endpoint or EndpointConfig()
+        self.clock = clock
+        self.device = torch.device(device)
+        self.stride = model.config.time_stride  # feature frames per output frame
+        self.frame_seconds = self.stride * HOP_LENGTH / SAMPLE_RATE
+        self._replay_frames = round(self.endpoint.silence_replay / self.frame_seconds)
+        self.frontend = StreamingLogMel(model.config.n_mels).to(self.device)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything: the next chunk starts a new stream at time 0."""
+        self.frontend.reset()
+        self._samples = 0  # samples received
+        self._chunks: deque[tuple[int, float]] = deque()  # (end sample, arrival time) per chunk
+        self._utterance = 0  # index of the current utterance (those with text count)
+        self._start_utterance(0)
+
+    def _start_utterance(self, first_frame: int) -> None:
+        self._first_frame = first_frame  # stream index of the utterance's first feature frame
+        self._state = self.model.initial_state()
+        # the features the next utterance may need at an endpoint, replayed into a fresh model:
+        # those no decoded output frame has seen yet, and the last `silence_replay` before them
+        self._pending = torch.zeros(1, 0, self.model.config.n_mels, device=self.device)
+        self._pending_start = 0
+        self._decoded = 0  # output frames decoded
+        self._last_id = self.tokenizer.blank_id
+        self._tokens: list[int] = []
+        self._token_frames: list[int] = []
+        self._blank_run = 0
+        self._partial = ""
+        start_sample = first_frame * HOP_LENGTH
+        while self._chunks and self._chunks[0][0] <= start_sample:
+            self._chunks.popleft()
+
+    @torch.inference_mode()
+    def accept_audio(self, chunk: torch.Tensor) -> list[Event]:
+        """Feed mono float32 16 kHz samples ``(samples,)`` of any length; returns the new events."""
+        arrival = self.clock()
+        chunk = torch.as_tensor(chunk, dtype=torch.float32)
+        self._samples += chunk.shape[-1]
+        self._chunks.append((self._samples, arrival))
+        return self._run(self.frontend.accept_audio(chunk.to(self.device)), last=False)
+
+    @torch.inference_mode()
+    def finish(self) -> list[Event]:
+        """End of the stream: decode what the look-ahead held back and finalise; then :meth:`reset`."""
+        events = self._run(self._pending[:, :0], last=True)
+        self.reset()
+        return events
+
+    def _run(self, feats: torch.Tensor, last: bool) -> list[Event]:
+        events: list[Event] = []
+        while True:
+            self._pending = torch.cat([self._pending, feats], dim=1)
+            log_probs, self._state = self.model.step(feats, self._state)
+            if last:
+                log_probs = torch.cat([log_probs, self.model.flush(self._state)], dim=1)
+            cut = self._decode(log_probs[0], events)
+            if cut is None:
+                break
+            # endpoint at output frame `cut`, which saw features up to stride * cut
+            back = 0 if self._tokens else min(self._replay_frames, self._blank_run // 2)
+            start = self.stride * (cut - back) + 1
+            feats = self._pending[:, start - self._pending_start :]
+            self._utterance += bool(self._tokens)
+            self._start_utterance(self._first_frame + start)
+        if last:
+            if self._tokens:
+                events.append(self._event("final"))
+        else:
+            keep = max(0, self.stride * (self._decoded - 1 - self._replay_frames) + 1)
+            self._pending = self._pending[:, keep - self._pending_start :]
+            self._pending_start = keep
+            if self._tokens and self._text() != self._partial:
+                self._partial = self._text()
+                events.append(self._event("partial"))
+        return events
+
+    def _decode(self, log_probs: torch.Tensor, events: list[Event]) -> int | None:
+        """Greedy CTC over new output frames ``(frames, vocab)``, continuing the utterance's path.
+        Returns the frame at which an endpoint finalised the utterance, or None."""
+        blank = self.tokenizer.blank_id
+        for token in log_probs.argmax(dim=-1).tolist():
+            frame = self._decoded
+            self._decoded += 1
+            if token == blank:
+                self._blank_run += 1
+            else:
+                self._blank_run = 0
+                if token != self._last_id:
+                    self._tokens.append(token)
+                    self._token_frames.append(frame)
+            self._last_id = token
+            silence = self._blank_run * self.frame_seconds >= self.endpoint.trailing_silence
+            if silence or self._decoded * self.frame_seconds >= self.endpoint.max_utterance:
+                if self._tokens:
+                    events.append(self._event("final"))
+                return frame
+        return None
+
+    def _text(self) -> str:
+        return self.tokenizer.decode(self._tokens)
+
+    def _event(self, kind: str) -> Event:
+        # the last character's own audio (before look-ahead) ends with the window of the
+        # newest feature frame its output frame saw
+        end = (self._first_frame + self.stride * self._token_frames[-1]) * HOP_LENGTH + WIN_LENGTH
+        arrival = next((t for chunk_end, t in self._chunks if chunk_end >= end), self._chunks[-1][1])
+        return Event(
+            kind=kind,
+            text=self._text(),
+            utterance=self._utterance,
+            start=self._first_frame * HOP_LENGTH / SAMPLE_RATE,
+            end=end / SAMPLE_RATE,
+            latency=self.clock() - arrival,
+        )
