@@ -118,11 +118,10 @@ class Transcriber:
         for text in hyp.text.split():
             span = chars[used : used + len(text)]
             used += len(text)
-            token, end = span[-1]
-            end += 1
-            while end < len(best) and best[end] == token:
-                end += 1
-            start, end = _trim_to_speech(span[0][1] * self.frame_seconds, end * self.frame_seconds, speech)
+            last_token, end_frame = span[-1][0], span[-1][1] + 1
+            while end_frame < len(best) and best[end_frame] == last_token:
+                end_frame += 1
+            start, end = _trim_to_speech(span[0][1] * self.frame_seconds, end_frame * self.frame_seconds, speech)
             confidence = sum(math.exp(log_probs[f, t]) for t, f in span) / len(span)
             words.append(Word(text, start, end, confidence))
         return words

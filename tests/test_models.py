@@ -10,7 +10,7 @@ def small(**overrides):
     return build_model("blstm_ctc", {"hidden_size": 32, "num_layers": 2, "conv_channels": 8, **overrides}, verbose=False)
 
 
-@pytest.mark.parametrize("stride", [2, 4])
+@pytest.mark.parametrize("stride", [2, 3, 4])
 def test_output_shapes_and_exact_lengths(stride):
     model = small(time_stride=stride).eval()
     lengths = torch.tensor([101, 57, 9, 1])

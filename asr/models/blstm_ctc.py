@@ -25,7 +25,7 @@ class BLSTMCTCConfig:
     n_mels: int = 80
     vocab_size: int = 29
     conv_channels: int = 32
-    time_stride: int = 4  # 2 or 4: total time subsampling of the two convolutions
+    time_stride: int = 4  # 2, 3 or 4: total time subsampling of the two convolutions
     hidden_size: int = 256  # per direction
     num_layers: int = 3
     dropout: float = 0.2
@@ -38,7 +38,7 @@ def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
 
 
 class ConvSubsampling(nn.Module):
-    """Two 3x3 conv layers with ReLU; frequency stride 2 each, time stride 2 then 1 or 2.
+    """Two 3x3 conv layers with ReLU; frequency stride 2 each; time strides (2, 1), (3, 1) or (2, 2).
 
     Padded frames are zeroed before each conv so a batched utterance gives the same output as
     the utterance alone.
@@ -48,9 +48,10 @@ class ConvSubsampling(nn.Module):
 
     def __init__(self, n_mels: int, channels: int, time_stride: int) -> None:
         super().__init__()
-        if time_stride not in (2, 4):
-            raise ValueError(f"time_stride must be 2 or 4, got {time_stride}")
-        self.strides = (2, time_stride // 2)
+        strides = {2: (2, 1), 3: (3, 1), 4: (2, 2)}
+        if time_stride not in strides:
+            raise ValueError(f"time_stride must be 2, 3 or 4, got {time_stride}")
+        self.strides = strides[time_stride]
         self.conv1 = nn.Conv2d(1, channels, 3, stride=(self.strides[0], 2), padding=1)
         self.conv2 = nn.Conv2d(channels, channels, 3, stride=(self.strides[1], 2), padding=1)
         self.out_dim = channels * (((n_mels + 1) // 2 + 1) // 2)
