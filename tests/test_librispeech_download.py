@@ -3,8 +3,6 @@
 import hashlib
 import io
 import tarfile
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -18,8 +16,10 @@ from asr.data.librispeech import (
     download_file,
     download_librispeech,
     prepare_librispeech,
+    read_md5sums,
 )
 from asr.data.manifest import read_manifest
+from httpserver import serve
 
 TRANSCRIPTS = {
     "19-198-0000": "NORTHANGER ABBEY",
@@ -61,59 +61,10 @@ LM = {f"11/{name}": f"fake {name}\n".encode() * 50 for name in LM_FILES}
 CHECKSUMS = {"12/dev-clean.tar.gz": _md5(ARCHIVE), **{k: _md5(v) for k, v in LM.items()}}
 
 
-class _Handler(BaseHTTPRequestHandler):
-    """Serves ``server.files``; honours ``Range: bytes=N-`` unless ``server.mode`` says otherwise.
-
-    Modes: "range" (normal), "ignore-range" (always 200 with the whole file), "drop" (the next
-    ``server.drops`` responses announce the full length but stop halfway and close).
-    """
-
-    def do_GET(self):
-        server = self.server
-        server.requests.append((self.path, self.headers.get("Range")))
-        data = server.files.get(self.path.lstrip("/"))
-        if data is None:
-            self.send_error(404)
-            return
-        start = 0
-        requested = self.headers.get("Range")
-        if requested and server.mode != "ignore-range":
-            start = int(requested.removeprefix("bytes=").removesuffix("-"))
-            if start >= len(data):
-                self.send_response(416)
-                self.send_header("Content-Range", f"bytes */{len(data)}")
-                self.end_headers()
-                return
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if server.mode == "drop" and server.drops > 0:
-            server.drops -= 1
-            self.wfile.write(body[: len(body) // 2])  # HTTP/1.0: the connection closes on return
-            return
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.files = {"12/dev-clean.tar.gz": ARCHIVE, **LM}
-    httpd.requests = []
-    httpd.mode = "range"
-    httpd.drops = 0
-    httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}/"
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+    with serve({"12/dev-clean.tar.gz": ARCHIVE, **LM}) as httpd:
+        yield httpd
 
 
 def test_download_extract_prepare(server, tmp_path):
@@ -228,3 +179,44 @@ def test_complete_partial_file_is_verified_and_kept(server, tmp_path):
                          "md5", progress=False)
     assert server.requests == [("/12/dev-clean.tar.gz", f"bytes={len(ARCHIVE)}-")]  # answered 416
     assert dest.read_bytes() == ARCHIVE
+
+
+def test_read_md5sums_keys_files_as_the_builtin_table(tmp_path):
+    path = tmp_path / "md5sum.txt"
+    path.write_text(
+        f"{'A' * 32}  dev-clean.tar.gz\n"  # OpenSLR's own lists name files without the resource number
+        f"{'b' * 32}  12/test-clean.tar.gz\n"
+        f"{'c' * 32} *./resources/11/4-gram.arpa.gz\n"  # md5sum -b writes '*'
+        "\n"
+        f"{'d' * 32}  raw-metadata.tar.gz\n"  # not a LibriSpeech file we fetch: ignored
+    )
+    assert read_md5sums(path) == {
+        "12/dev-clean.tar.gz": "a" * 32, "12/test-clean.tar.gz": "b" * 32, "11/4-gram.arpa.gz": "c" * 32,
+    }
+    path.write_text("42e2234ba48799c1f50f24a7926300a1 dev-clean.tar.gz\nnot a checksum line\n")
+    with pytest.raises(ValueError, match=r"md5sum.txt:2: not an md5sum line"):
+        read_md5sums(path)
+    path.write_text(f"{'a' * 32}  README.TXT\n")
+    with pytest.raises(ValueError, match="names none of the LibriSpeech files"):
+        read_md5sums(path)
+
+
+def test_cli_checksums_file_replaces_the_builtin_sums_of_the_files_it_names(server, tmp_path, capsys):
+    from asr.cli import main
+
+    sums = tmp_path / "md5sum.txt"
+    sums.write_text(f"{CHECKSUMS['12/dev-clean.tar.gz']}  12/dev-clean.tar.gz\n")
+    download = ["prepare", "librispeech", "--data-root", str(tmp_path / "data"), "--download", "--mirror", server.url,
+                "--subsets", "dev-clean", "--checksums", str(sums)]
+    assert main(download) == 0  # the built-in sum of the real dev-clean would have rejected it
+    assert (tmp_path / "data" / "dev-clean.done").exists() and not (tmp_path / "manifests").exists()
+    prepare = ["prepare", "librispeech", "--data-root", str(tmp_path / "data"), "--subsets", "dev-clean",
+               "--out", str(tmp_path / "manifests")]
+    assert main(prepare) == 0
+    assert len(read_manifest(tmp_path / "manifests" / "dev-clean.jsonl")) == len(TRANSCRIPTS)
+
+    sums.write_text(f"{'0' * 32}  dev-clean.tar.gz\n")
+    assert main([*download[:3], str(tmp_path / "other"), *download[4:]]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: dev-clean.tar.gz: md5 checksum mismatch (expected {'0' * 32}")
+    assert main(prepare[:-2] + ["--checksums", str(sums)]) == 2  # --checksums needs --download

@@ -28,6 +28,10 @@ while [ $# -gt 0 ]; do
 done
 set -- "${shared[@]}"
 source ../shared/stages.sh
+if [ -n "$data_root" ] && [ -n "$mirror$checksums" ]; then
+  echo "error: --data-root uses an existing copy; --mirror and --checksums are for downloading" >&2
+  exit 2
+fi
 
 if $quick; then
   data=${data_dir:-data/quick} exp=${exp_dir:-exp/quick} conf=${conf:-conf/quick.yaml}
