@@ -6,9 +6,11 @@ Everything inside the library works on that contract. Errors a user can act on a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import struct
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,13 +258,29 @@ def _input_device(sd, device: str | int | None) -> dict:
         raise MicrophoneError(f"no input device {device!r} ({err}); available: {names}") from None
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence C-level stderr: ALSA and PortAudio print several lines for each setting a
+    device refuses, although a refusal is an answer here, not an error."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _capture_settings(sd, info: dict) -> tuple[int, int]:
     """16 kHz if the device takes it, else its default rate; mono, else up to two channels."""
     native = int(info["default_samplerate"])
     for rate in dict.fromkeys((SAMPLE_RATE, native)):
         for channels in dict.fromkeys((1, min(2, info["max_input_channels"]))):
             try:
-                sd.check_input_settings(device=info["index"], samplerate=rate, channels=channels, dtype="float32")
+                with _quiet_stderr():
+                    sd.check_input_settings(device=info["index"], samplerate=rate, channels=channels, dtype="int16")
                 return rate, channels
             except sd.PortAudioError:
                 continue
@@ -276,9 +294,10 @@ class Microphone:
     ...     for chunk in mic:  # 2560 samples each, as long as the caller keeps reading
     ...         ...
 
-    Captures at 16 kHz when the device allows it, else at its default rate, resampled with
-    :class:`StreamResampler`. Reads block: if the caller falls behind, the device drops audio
-    (counted in ``overflows``) rather than a queue growing without bound.
+    Captures 16-bit samples (what devices deliver; some ALSA plugin chains lose samples when
+    asked for float) at 16 kHz when the device allows it, else at its default rate, resampled
+    with :class:`StreamResampler`. Reads block: if the caller falls behind, the device drops
+    audio (counted in ``overflows``) rather than a queue growing without bound.
 
     Args:
         device: PortAudio device name (or a unique part of it) or index; None: the default input.
@@ -299,7 +318,7 @@ class Microphone:
         self.overflows = 0
         try:
             self._stream = sd.InputStream(
-                device=info["index"], samplerate=self.capture_rate, channels=self.channels, dtype="float32"
+                device=info["index"], samplerate=self.capture_rate, channels=self.channels, dtype="int16"
             )
             self._stream.start()
         except sd.PortAudioError as err:
@@ -310,7 +329,7 @@ class Microphone:
         while len(self._pending) < self.chunk_samples:
             data, overflowed = self._stream.read(self._read_samples)
             self.overflows += bool(overflowed)
-            mono = torch.from_numpy(data.mean(axis=1) if self.channels > 1 else data[:, 0].copy())
+            mono = torch.from_numpy(data.mean(axis=1, dtype=np.float32) / 32768)
             if self._resampler is not None:
                 mono = self._resampler(mono)
             self._pending = torch.cat([self._pending, mono])

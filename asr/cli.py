@@ -355,7 +355,7 @@ def _stream(args: argparse.Namespace) -> int:
     import statistics
     import time
 
-    from asr.audio import AudioError, Microphone, MicrophoneError, iter_audio_blocks, list_input_devices
+    from asr.audio import AudioError, Microphone, MicrophoneError, audio_duration, iter_audio_blocks, list_input_devices
     from asr.checkpoint import CheckpointError
     from asr.streaming import Recognizer
 
@@ -373,6 +373,7 @@ def _stream(args: argparse.Namespace) -> int:
             return 2
         recognizer = Recognizer(args.model)
         if args.file:
+            audio_duration(args.file)  # fails now, with a clear message, on a missing or bad file
             source = iter_audio_blocks(args.file, seconds=args.chunk_ms / 1000)
         else:
             device = int(args.device) if args.device and args.device.isdigit() else args.device
@@ -385,6 +386,7 @@ def _stream(args: argparse.Namespace) -> int:
         return 2
 
     tty = sys.stdout.isatty()
+    live = args.realtime or not args.file  # latencies mean something only when audio comes in real time
     finals, latencies = [], []
 
     def show(event) -> None:
@@ -396,7 +398,7 @@ def _stream(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
             return
         finals.append(event.text)
-        suffix = f"  ({event.latency * 1000:.0f} ms after its last word)" if tty else ""
+        suffix = f"  ({event.latency * 1000:.0f} ms after its last word)" if tty and live else ""
         print(("\r\033[K" if tty else "") + event.text + suffix, flush=True)
 
     seconds, start, status = 0.0, time.perf_counter(), 0
@@ -422,7 +424,7 @@ def _stream(args: argparse.Namespace) -> int:
     if tty:
         sys.stdout.write("\r\033[K")
     summary = f"{len(finals)} utterance(s) finalised from {seconds:.1f} s of audio"
-    if len(latencies) >= 2:
+    if live and len(latencies) >= 2:
         cuts = statistics.quantiles(latencies, n=20)
         summary += f"; partial latency p50 {statistics.median(latencies) * 1000:.0f} ms, p95 {cuts[-1] * 1000:.0f} ms"
     print(summary, file=sys.stderr)

@@ -112,8 +112,8 @@ class Recognizer:
         self._pending_start = 0
         self._decoded = 0  # output frames decoded
         self._last_id = self.tokenizer.blank_id
-        self._tokens: list[int] = []
-        self._token_frames: list[int] = []
+        self._text = ""  # greedy hypothesis, extended character by character
+        self._last_char_frame = 0  # output frame that emitted its last character
         self._blank_run = 0
         self._partial = ""
         start_sample = first_frame * HOP_LENGTH
@@ -122,7 +122,8 @@ class Recognizer:
 
     @torch.inference_mode()
     def accept_audio(self, chunk: torch.Tensor) -> list[Event]:
-        """Feed mono float32 16 kHz samples ``(samples,)`` of any length; returns the new events."""
+        """Feed mono float32 16 kHz samples ``(samples,)`` (tensor or array) of any length;
+        returns the new events, oldest first."""
         arrival = self.clock()
         chunk = torch.as_tensor(chunk, dtype=torch.float32)
         self._samples += chunk.shape[-1]
@@ -147,20 +148,20 @@ class Recognizer:
             if cut is None:
                 break
             # endpoint at output frame `cut`, which saw features up to stride * cut
-            back = 0 if self._tokens else min(self._replay_frames, self._blank_run // 2)
+            back = 0 if self._text else min(self._replay_frames, self._blank_run // 2)
             start = self.stride * (cut - back) + 1
             feats = self._pending[:, start - self._pending_start :]
-            self._utterance += bool(self._tokens)
+            self._utterance += bool(self._text)
             self._start_utterance(self._first_frame + start)
         if last:
-            if self._tokens:
+            if self._text:
                 events.append(self._event("final"))
         else:
             keep = max(0, self.stride * (self._decoded - 1 - self._replay_frames) + 1)
             self._pending = self._pending[:, keep - self._pending_start :]
             self._pending_start = keep
-            if self._tokens and self._text() != self._partial:
-                self._partial = self._text()
+            if self._text != self._partial:
+                self._partial = self._text
                 events.append(self._event("partial"))
         return events
 
@@ -176,27 +177,24 @@ class Recognizer:
             else:
                 self._blank_run = 0
                 if token != self._last_id:
-                    self._tokens.append(token)
-                    self._token_frames.append(frame)
+                    self._text += self.tokenizer.tokens[token]
+                    self._last_char_frame = frame
             self._last_id = token
             silence = self._blank_run * self.frame_seconds >= self.endpoint.trailing_silence
             if silence or self._decoded * self.frame_seconds >= self.endpoint.max_utterance:
-                if self._tokens:
+                if self._text:
                     events.append(self._event("final"))
                 return frame
         return None
 
-    def _text(self) -> str:
-        return self.tokenizer.decode(self._tokens)
-
     def _event(self, kind: str) -> Event:
         # the last character's own audio (before look-ahead) ends with the window of the
         # newest feature frame its output frame saw
-        end = (self._first_frame + self.stride * self._token_frames[-1]) * HOP_LENGTH + WIN_LENGTH
+        end = (self._first_frame + self.stride * self._last_char_frame) * HOP_LENGTH + WIN_LENGTH
         arrival = next((t for chunk_end, t in self._chunks if chunk_end >= end), self._chunks[-1][1])
         return Event(
             kind=kind,
-            text=self._text(),
+            text=self._text,
             utterance=self._utterance,
             start=self._first_frame * HOP_LENGTH / SAMPLE_RATE,
             end=end / SAMPLE_RATE,

@@ -111,3 +111,93 @@ def tiny_checkpoint(tmp_path_factory) -> TinyCheckpoint:
     path = tmp_path_factory.mktemp("tiny") / "tiny.pt"
     save_checkpoint(path, model, "blstm_ctc", tokenizer, metadata={"cer": cer})
     return TinyCheckpoint(path, cer, step, seconds, OVERFIT_SENTENCES, audio)
+
+
+@pytest.fixture(scope="session")
+def tiny_streaming_checkpoint(tmp_path_factory) -> TinyCheckpoint:
+    """Train a small streaming GRU-CTC until it memorises the four espeak-ng utterances; save it.
+
+    A live stream has silence around speech, so each step shows every utterance twice with
+    random silence before (0-0.8 s) and after (0.3-1.2 s), plus two clips of silence alone.
+    Trained without them, a unidirectional model takes a shortcut: it emits the first
+    characters at the very start of the input, before any speech (it cannot know yet which
+    utterance is coming, so it emits a blend of their openings), and it never learns that a
+    long pause is all blank, which endpointing relies on.
+    """
+    if not HAS_ESPEAK:
+        pytest.skip("espeak-ng not installed (apt-get install espeak-ng)")
+    import math
+    import random
+
+    import jiwer
+
+    from asr.checkpoint import save_checkpoint
+    from asr.decoding import greedy_ctc_decode
+    from asr.features import LogMelFrontend, accumulate_stats
+    from asr.models import build_model
+    from asr.text import Tokenizer
+
+    torch.manual_seed(0)
+    rng = random.Random(0)
+    # one thread: this model's ops are too small to gain from more, and on a busy 2-core
+    # machine a second thread makes each step several times slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    tokenizer = Tokenizer()
+    frontend = LogMelFrontend()
+    audio = [espeak(s, voice=v) for s, v in zip(OVERFIT_SENTENCES, OVERFIT_VOICES)]
+
+    def batch(examples: list[tuple[float, int | None, float]]):
+        """(silence before, utterance index or None for silence alone, silence after) each."""
+        waves = [
+            torch.cat([torch.zeros(int(lead * 16000)), audio[i] if i is not None else torch.zeros(0),
+                       torch.zeros(int(trail * 16000))])
+            for lead, i, trail in examples
+        ]
+        feats, lengths = frontend(torch.nn.utils.rnn.pad_sequence(waves, batch_first=True), torch.tensor([len(w) for w in waves]))
+        targets = [torch.tensor(tokenizer.encode(OVERFIT_SENTENCES[i]) if i is not None else [], dtype=torch.long)
+                   for _, i, _ in examples]
+        return feats, lengths, torch.cat(targets), torch.tensor([len(t) for t in targets])
+
+    check_feats, check_lengths, _, _ = batch(list(zip((0.2, 0.7, 0.4, 0.9), range(4), (1.2, 0.8, 1.5, 1.0))))
+    model = build_model(
+        "streaming_gru",
+        {"hidden_size": 128, "num_layers": 2, "conv_channels": 16, "lookahead": 2, "dropout": 0.0,
+         "specaugment": {"freq_masks": 0, "time_masks": 0}},
+        verbose=False,
+    )
+    model.cmvn.set_stats(*accumulate_stats(check_feats, check_lengths))
+    max_steps = 600
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(  # warm-up, then cosine decay to a tenth
+        optimizer, lambda s: min(1.0, (s + 1) / 30) * (0.1 + 0.45 * (1 + math.cos(math.pi * min(s, max_steps) / max_steps)))
+    )
+    start, cer = time.perf_counter(), 1.0
+    try:
+        for step in range(1, max_steps + 1):
+            model.train()
+            examples = [(rng.uniform(0, 0.8), i, rng.uniform(0.3, 1.2)) for i in range(4) for _ in range(2)]
+            examples += [(rng.uniform(0.5, 1.5), None, 0.0) for _ in range(2)]
+            feats, feat_lengths, targets, target_lengths = batch(examples)
+            log_probs, out_lengths = model(feats, feat_lengths)
+            loss = torch.nn.functional.ctc_loss(
+                log_probs.transpose(0, 1), targets, out_lengths, target_lengths, zero_infinity=True
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            scheduler.step()
+            if step % 25 == 0:
+                model.eval()
+                with torch.no_grad():
+                    hyps = greedy_ctc_decode(*model(check_feats, check_lengths), tokenizer)
+                cer = jiwer.cer([s.upper() for s in OVERFIT_SENTENCES], [h.text for h in hyps])
+                if cer < 0.02:
+                    break
+    finally:
+        torch.set_num_threads(threads)
+    seconds = time.perf_counter() - start
+    path = tmp_path_factory.mktemp("tiny_streaming") / "tiny_streaming.pt"
+    save_checkpoint(path, model, "streaming_gru", tokenizer, metadata={"cer": cer})
+    return TinyCheckpoint(path, cer, step, seconds, OVERFIT_SENTENCES, audio)

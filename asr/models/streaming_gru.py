@@ -26,7 +26,7 @@ class StreamingGRUCTCConfig:
     n_mels: int = 80
     vocab_size: int = 29
     conv_channels: int = 32
-    time_stride: int = 4  # 2 or 4: total time subsampling of the two convolutions
+    time_stride: int = 4  # 2, 3 or 4: total time subsampling of the two convolutions
     hidden_size: int = 320
     num_layers: int = 3
     lookahead: int = 2  # future output frames seen by the row convolution (2 x 40 ms)
@@ -44,28 +44,32 @@ class StreamingState:
 
 
 class CausalConvSubsampling(nn.Module):
-    """Two 3x3 conv layers with ReLU; frequency stride 2 each, time stride 2 then 1 or 2.
+    """Two 3x3 conv layers with batch norm and ReLU; frequency stride 2 each; time strides
+    (2, 1), (3, 1) or (2, 2).
 
     Time padding is on the left only (``KERNEL - 1`` frames), so output frame ``j`` depends on
     input frames up to ``time_stride * j`` and nothing later: padding after an utterance never
-    reaches its valid frames, and a chunk's outputs never wait for the next chunk.
+    reaches its valid frames, and a chunk's outputs never wait for the next chunk. Batch norm
+    (as in Deep Speech 2) shortens CTC's initial all-blank plateau; at inference it is a fixed
+    affine map per output frame, so streaming is unaffected.
 
     Shapes: ``(batch, frames, n_mels)`` + ``(batch,)`` -> ``(batch, ceil(frames / time_stride), out_dim)``.
     """
 
     def __init__(self, n_mels: int, channels: int, time_stride: int) -> None:
         super().__init__()
-        if time_stride not in (2, 4):
-            raise ValueError(f"time_stride must be 2 or 4, got {time_stride}")
-        self.strides = (2, time_stride // 2)
+        strides = {2: (2, 1), 3: (3, 1), 4: (2, 2)}
+        if time_stride not in strides:
+            raise ValueError(f"time_stride must be 2, 3 or 4, got {time_stride}")
+        self.strides = strides[time_stride]
         self.convs = nn.ModuleList(
-            nn.Conv2d(c_in, channels, KERNEL, stride=(s, 2), padding=(0, 1))
+            nn.Sequential(nn.Conv2d(c_in, channels, KERNEL, stride=(s, 2), padding=(0, 1)), nn.BatchNorm2d(channels))
             for c_in, s in zip((1, channels), self.strides)
         )
-        self.channels = channels
-        self.mels = (n_mels + 1) // 2, ((n_mels + 1) // 2 + 1) // 2  # frequency bins after each conv
-        self.n_mels = n_mels
-        self.out_dim = channels * self.mels[1]
+        bins = [n_mels, (n_mels + 1) // 2, ((n_mels + 1) // 2 + 1) // 2]  # into, between, out of the convs
+        self.in_shapes = [(1, bins[0]), (channels, bins[1])]  # (channels, bins) entering each conv
+        self.out_shapes = [(channels, bins[1]), (channels, bins[2])]
+        self.out_dim = channels * bins[2]
 
     def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         for s in self.strides:
@@ -84,20 +88,17 @@ class CausalConvSubsampling(nn.Module):
 
     def initial_cache(self, device: torch.device) -> list[torch.Tensor]:
         """The left padding of each conv: ``KERNEL - 1`` zero frames."""
-        return [
-            torch.zeros(1, c, KERNEL - 1, m, device=device)
-            for c, m in zip((1, self.channels), (self.n_mels, self.mels[0]))
-        ]
+        return [torch.zeros(1, c, KERNEL - 1, bins, device=device) for c, bins in self.in_shapes]
 
     def step(self, feats: torch.Tensor, cache: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """``(1, frames, n_mels)`` -> ``(1, frames', out_dim)``: every output whose inputs have arrived."""
         x = feats.unsqueeze(1)
         new_cache = []
-        for conv, stride, left, mels in zip(self.convs, self.strides, cache, self.mels):
+        for conv, stride, left, (channels, bins) in zip(self.convs, self.strides, cache, self.out_shapes):
             x = torch.cat([left, x], dim=2)
             count = max(0, (x.shape[2] - KERNEL) // stride + 1)
             new_cache.append(x[:, :, count * stride :])
-            x = torch.relu(conv(x)) if count else x.new_zeros(1, self.channels, 0, mels)
+            x = torch.relu(conv(x)) if count else x.new_zeros(1, channels, 0, bins)
         return self._flatten(x), new_cache
 
 
@@ -115,7 +116,8 @@ class LookaheadConv(nn.Module):
         self.lookahead = lookahead
         self.conv = nn.Conv1d(channels, channels, lookahead + 1, groups=channels, bias=False)
         # start as the identity (current frame only): training begins from a plain GRU model and
-        # learns how much of the future to mix in, instead of from random per-channel mixing
+        # learns how much of the future to mix in; a random start, mixing frames arbitrarily per
+        # channel, left small test models stuck for hundreds of steps
         with torch.no_grad():
             self.conv.weight.zero_()
             self.conv.weight[:, :, 0] = 1.0

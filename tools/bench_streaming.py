@@ -1,0 +1,119 @@
+"""Streaming speed and latency of the Recognizer (frontend + streaming GRU-CTC + greedy decoding
++ endpointing) on one CPU thread, for 80, 160 and 320 ms chunks.
+
+Random weights: the cost does not depend on them (the default-size model of the recipe unless
+overridden). Columns:
+
+* RTF: compute time / audio time.
+* chunk p50/p95: compute time per chunk (what a live caller waits after each chunk).
+* partial p50/p95: when audio arrives in real time (a chunk is complete when its last sample
+  has been spoken), time from the end of the spoken word to the partial that shows its last
+  character: chunk buffering + look-ahead wait + frontend window and subsampling + compute.
+  The word's last sample is drawn uniformly within the 40 ms of audio that the character's
+  output frame is the first to see (as for a model that emits a character as soon as its
+  sound is over; a trained model may add delay of its own, not counted here).
+* algorithmic: the same latency's worst case without compute: chunk + look-ahead
+  (lookahead x 40 ms) + one output frame (40 ms: the first 25 ms window holding a sample
+  completes within its 10 ms hop, then the 4x subsampling waits up to 3 more hops).
+
+    python tools/bench_streaming.py                   # 60 s of audio, default model size
+    python tools/bench_streaming.py --hidden 256 --layers 4 --lookahead 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+import torch
+
+from asr.audio import SAMPLE_RATE
+from asr.features import HOP_LENGTH
+from asr.models import build_model, count_parameters
+from asr.streaming import Recognizer
+from asr.text import Tokenizer
+
+
+def speech_like(seconds: float, seed: int = 0) -> torch.Tensor:
+    """Noise bursts of word-like lengths with pauses (no espeak needed; only the cost matters)."""
+    g = torch.Generator().manual_seed(seed)
+    audio = 0.01 * torch.randn(int(seconds * SAMPLE_RATE), generator=g)
+    start = 0
+    while start < len(audio):
+        length = int(torch.randint(3000, 12000, (1,), generator=g))
+        audio[start : start + length] *= 20
+        start += length + int(torch.randint(1000, 8000, (1,), generator=g))
+    return audio
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q) - 1] if len(values) > 1 else values[0]
+
+
+def bench(model, audio: torch.Tensor, chunk_ms: int) -> dict:
+    chunk = chunk_ms * SAMPLE_RATE // 1000
+    recognizer = Recognizer(model, Tokenizer())
+    for start in range(0, 20 * chunk, chunk):  # warm-up
+        recognizer.accept_audio(audio[start : start + chunk])
+    recognizer.reset()
+    computes, partials = [], []
+    rng = random.Random(0)
+    new_audio = model.config.time_stride * HOP_LENGTH / SAMPLE_RATE  # first seen by each output frame
+    for k, start in enumerate(range(0, len(audio), chunk)):
+        t0 = time.perf_counter()
+        events = recognizer.accept_audio(audio[start : start + chunk])
+        compute = time.perf_counter() - t0
+        computes.append(compute)
+        arrival = (start + chunk) / SAMPLE_RATE  # stream time at which the chunk is complete
+        partials += [
+            arrival + compute - (e.end - rng.uniform(0, new_audio)) for e in events if e.kind == "partial"
+        ]
+    recognizer.finish()
+    frame = model.config.time_stride * HOP_LENGTH
+    return {
+        "rtf": sum(computes) / (len(audio) / SAMPLE_RATE),
+        "chunk_p50": 1000 * percentile(computes, 50),
+        "chunk_p95": 1000 * percentile(computes, 95),
+        "partial_p50": 1000 * percentile(partials, 50),
+        "partial_p95": 1000 * percentile(partials, 95),
+        "partials": len(partials),
+        "algorithmic": 1000 * (chunk + (model.config.lookahead + 1) * frame) / SAMPLE_RATE,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=60.0, help="audio to stream (default: 60)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--chunks", type=int, nargs="+", default=[80, 160, 320], metavar="MS")
+    parser.add_argument("--hidden", type=int, help="GRU size (default: the model's default)")
+    parser.add_argument("--layers", type=int, help="GRU layers (default: the model's default)")
+    parser.add_argument("--lookahead", type=int, help="look-ahead output frames (default: the model's default)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    overrides = {"hidden_size": args.hidden, "num_layers": args.layers, "lookahead": args.lookahead}
+    model = build_model("streaming_gru", {k: v for k, v in overrides.items() if v is not None}, verbose=False).eval()
+    c = model.config
+    audio = speech_like(args.seconds)
+    print(
+        f"streaming_gru hidden {c.hidden_size} x {c.num_layers} layers, look-ahead {c.lookahead} "
+        f"({c.lookahead * c.time_stride * 10} ms), {count_parameters(model) / 1e6:.2f}M parameters; "
+        f"{args.seconds:.0f} s of audio, {args.threads} thread(s), torch {torch.__version__}\n"
+    )
+    print("| chunk | RTF | chunk compute p50 / p95 | partial latency p50 / p95 | algorithmic (worst) |")
+    print("|---|---|---|---|---|")
+    for chunk_ms in args.chunks:
+        r = bench(model, audio, chunk_ms)
+        print(
+            f"| {chunk_ms} ms | {r['rtf']:.4f} | {r['chunk_p50']:.1f} / {r['chunk_p95']:.1f} ms "
+            f"| {r['partial_p50']:.0f} / {r['partial_p95']:.0f} ms ({r['partials']} partials) "
+            f"| {r['algorithmic']:.0f} ms |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
