@@ -31,10 +31,14 @@ def test_average_is_the_elementwise_mean_of_the_last_n(tmp_path, capsys):
     inputs = [load_checkpoint(tmp_path / f"epoch-{e}.pt").state_dict for e in (2, 3, 4)]
     assert averaged.state_dict.keys() == inputs[0].keys()
     for key, value in averaged.state_dict.items():
+        if not value.is_floating_point():  # batch-norm counters: taken from the last epoch
+            assert torch.equal(value, inputs[2][key]), key
+            continue
         # the mean in float64, rounded once to float32: exact, whatever the summation order
         expected = ((inputs[0][key].double() + inputs[1][key].double() + inputs[2][key].double()) / 3).float()
         assert value.dtype == torch.float32 and torch.equal(value, expected), key
-    assert not torch.equal(averaged.state_dict["lstm.weight_hh_l0"], inputs[2]["lstm.weight_hh_l0"])
+    key = "lstm.0.forward_lstm.weight_hh_l0"
+    assert not torch.equal(averaged.state_dict[key], inputs[2][key])
     assert averaged.model_config == load_checkpoint(tmp_path / "epoch-4.pt").model_config
     assert averaged.trainer_state is None
     averaged.build_model()  # loads into the model it describes
