@@ -221,11 +221,12 @@ class Trainer:
         self.best_wer = math.inf
         self.skipped_batches = 0
         self._resume()
-        self.ddp_model = (
-            torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            if self.world_size > 1
-            else self.model
-        )
+        self.ddp_model = self.model
+        if self.world_size > 1:
+            if self.device.type == "cuda":  # batch norm over the global batch (NCCL only)
+                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
 
     # -- setup ------------------------------------------------------------------------------
 
