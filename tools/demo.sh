@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The newcomer's main job: set up, train the synthetic recipe end to end (about 20 minutes on
+# The newcomer's main job: set up, train the synthetic recipe end to end (about 30 minutes on
 # 2 CPU cores), then transcribe an unseen test utterance and show it next to its reference.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Synthetic English recipe: an espeak-ng corpus in LibriSpeech layout (test voices AND
 # sentences unseen in training) -> manifests -> CMVN -> BiLSTM-CTC -> average of the last
-# epochs -> greedy decoding -> WER. On a 2-core CPU: about 20 minutes, a few with --quick.
+# epochs -> greedy decoding -> WER. On a 2-core CPU: about 30 minutes, a few with --quick.
 #
 #   ./run.sh [--stage N] [--stop-stage M] [--quick] [--data DIR] [--exp DIR]
 #
