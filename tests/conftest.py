@@ -60,15 +60,35 @@ class TinyCheckpoint:
     audio: list[torch.Tensor]
 
 
+def ctc_step(model, optimizer, feats, feat_lengths, targets, target_lengths) -> None:
+    """One plain CTC training step (the fixtures below train without the Trainer)."""
+    model.train()
+    log_probs, out_lengths = model(feats, feat_lengths)
+    loss = torch.nn.functional.ctc_loss(log_probs.transpose(0, 1), targets, out_lengths, target_lengths, zero_infinity=True)
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+    optimizer.step()
+
+
+def memorised_cer(model, feats, feat_lengths, tokenizer) -> float:
+    """Greedy CER of ``model`` on the four memorised sentences."""
+    import jiwer
+
+    from asr.decoding import greedy_ctc_decode
+
+    model.eval()
+    with torch.no_grad():
+        hyps = greedy_ctc_decode(*model(feats, feat_lengths), tokenizer)
+    return jiwer.cer([s.upper() for s in OVERFIT_SENTENCES], [h.text for h in hyps])
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> TinyCheckpoint:
     """Train a small BLSTM-CTC until it memorises four espeak-ng utterances; save it."""
     if not HAS_ESPEAK:
         pytest.skip("espeak-ng not installed (apt-get install espeak-ng)")
-    import jiwer
-
     from asr.checkpoint import save_checkpoint
-    from asr.decoding import greedy_ctc_decode
     from asr.features import LogMelFrontend, accumulate_stats
     from asr.models import build_model
     from asr.text import Tokenizer
@@ -91,20 +111,9 @@ def tiny_checkpoint(tmp_path_factory) -> TinyCheckpoint:
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     start, cer = time.perf_counter(), 1.0
     for step in range(1, 401):
-        model.train()
-        log_probs, out_lengths = model(feats, feat_lengths)
-        loss = torch.nn.functional.ctc_loss(
-            log_probs.transpose(0, 1), targets, out_lengths, target_lengths, zero_infinity=True
-        )
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
+        ctc_step(model, optimizer, feats, feat_lengths, targets, target_lengths)
         if step % 25 == 0:
-            model.eval()
-            with torch.no_grad():
-                hyps = greedy_ctc_decode(*model(feats, feat_lengths), tokenizer)
-            cer = jiwer.cer([s.upper() for s in OVERFIT_SENTENCES], [h.text for h in hyps])
+            cer = memorised_cer(model, feats, feat_lengths, tokenizer)
             if cer < 0.02:
                 break
     seconds = time.perf_counter() - start
@@ -129,10 +138,7 @@ def tiny_streaming_checkpoint(tmp_path_factory) -> TinyCheckpoint:
     import math
     import random
 
-    import jiwer
-
     from asr.checkpoint import save_checkpoint
-    from asr.decoding import greedy_ctc_decode
     from asr.features import LogMelFrontend, accumulate_stats
     from asr.models import build_model
     from asr.text import Tokenizer
@@ -175,24 +181,12 @@ def tiny_streaming_checkpoint(tmp_path_factory) -> TinyCheckpoint:
     start, cer = time.perf_counter(), 1.0
     try:
         for step in range(1, max_steps + 1):
-            model.train()
             examples = [(rng.uniform(0, 0.8), i, rng.uniform(0.3, 1.2)) for i in range(4) for _ in range(2)]
             examples += [(rng.uniform(0.5, 1.5), None, 0.0) for _ in range(2)]
-            feats, feat_lengths, targets, target_lengths = batch(examples)
-            log_probs, out_lengths = model(feats, feat_lengths)
-            loss = torch.nn.functional.ctc_loss(
-                log_probs.transpose(0, 1), targets, out_lengths, target_lengths, zero_infinity=True
-            )
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
+            ctc_step(model, optimizer, *batch(examples))
             scheduler.step()
             if step % 25 == 0:
-                model.eval()
-                with torch.no_grad():
-                    hyps = greedy_ctc_decode(*model(check_feats, check_lengths), tokenizer)
-                cer = jiwer.cer([s.upper() for s in OVERFIT_SENTENCES], [h.text for h in hyps])
+                cer = memorised_cer(model, check_feats, check_lengths, tokenizer)
                 if cer < 0.02:
                     break
     finally:
