@@ -180,7 +180,8 @@ class Trainer:
             self.device = torch.device(config.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-            torch.backends.cudnn.benchmark = True
+            # cudnn.benchmark stays off: bucketed batches rarely repeat a shape, and timing the
+            # algorithms for every new shape halves throughput (tools/bench_train.py --cudnn-benchmark)
         self.exp_dir = Path(config.exp_dir)
         self.exp_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)

@@ -37,7 +37,7 @@ def test_average_is_the_elementwise_mean_of_the_last_n(tmp_path, capsys):
         # the mean in float64, rounded once to float32: exact, whatever the summation order
         expected = ((inputs[0][key].double() + inputs[1][key].double() + inputs[2][key].double()) / 3).float()
         assert value.dtype == torch.float32 and torch.equal(value, expected), key
-    key = "lstm.0.forward_lstm.weight_hh_l0"
+    key = "encoder.rnn.weight_hh_l0"
     assert not torch.equal(averaged.state_dict[key], inputs[2][key])
     assert averaged.model_config == load_checkpoint(tmp_path / "epoch-4.pt").model_config
     assert averaged.trainer_state is None

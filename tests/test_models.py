@@ -3,7 +3,7 @@ import torch
 
 from asr.config import config_from_dict
 from asr.models import build_model, count_parameters
-from asr.models.blstm_ctc import BLSTMCTCConfig
+from asr.models.blstm_ctc import BLSTMCTCConfig, RecurrentStack
 
 
 def small(**overrides):
@@ -22,8 +22,30 @@ def test_output_shapes_and_exact_lengths(stride):
     assert torch.allclose(log_probs.exp().sum(-1), torch.ones(4, max(expected)), atol=1e-5)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_padded_recurrence_equals_packed_reference(cell, bidirectional):
+    """The padded batch with per-length reversal against torch's packed sequences, on the
+    valid frames, forward and gradients."""
+    torch.manual_seed(0)
+    stack = RecurrentStack(cell, 12, 16, num_layers=3, bidirectional=bidirectional, dropout=0.0)
+    x = torch.randn(4, 30, 12, requires_grad=True)
+    lengths = torch.tensor([30, 17, 5, 1])
+    mask = (torch.arange(30)[None, :] < lengths[:, None])[:, :, None]
+    ours = stack(x, lengths) * mask
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    reference = torch.nn.utils.rnn.pad_packed_sequence(stack.rnn(packed)[0], batch_first=True, total_length=30)[0]
+    assert torch.equal(stack.forward_packed(x, lengths), reference)
+    assert ours.shape == (4, 30, stack.output_size)
+    assert torch.allclose(ours, reference, atol=1e-5)
+    grad_ours = torch.autograd.grad(ours.square().sum(), [x, stack.rnn.weight_hh_l0])
+    grad_reference = torch.autograd.grad(reference.square().sum(), [x, stack.rnn.weight_hh_l0])
+    for a, b in zip(grad_ours, grad_reference):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
 def test_batched_equals_alone():
-    """Padding must not leak into valid frames (packed BiLSTM + masked convolutions)."""
+    """Padding must not leak into valid frames (per-length reversal + masked convolutions)."""
     model = small().eval()
     feats = torch.randn(3, 120, 80)
     lengths = torch.tensor([120, 64, 33])
@@ -60,3 +82,16 @@ def test_gradients_flow_through_ctc():
     )
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_equals_cpu(monkeypatch):
+    """cuDNN's recurrences give the CPU model's outputs (float32, no TF32)."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.manual_seed(0)
+    model = small().eval()
+    feats, lengths = torch.randn(3, 120, 80), torch.tensor([120, 64, 33])
+    on_cpu, out_lengths = model(feats, lengths)
+    on_cuda, _ = model.cuda()(feats.cuda(), lengths.cuda())
+    for i, n in enumerate(out_lengths.tolist()):
+        assert torch.allclose(on_cpu[i, :n], on_cuda[i, :n].cpu(), atol=1e-4)

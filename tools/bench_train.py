@@ -12,8 +12,8 @@ Reports audio hours trained per device hour, step time, peak memory (CUDA: alloc
 tensors, and reserved by the caching allocator; CPU: peak resident set of the process) and,
 on CUDA, GPU utilisation (the share of time a kernel was running, from nvidia-smi).
 
-    # the recipe's 5 x 1024 BiLSTM (recipes/librispeech/conf/blstm_ctc.yaml) on a GPU,
-    # the library's padded batches (per-length reversal) against packed sequences
+    # the recipe's 5 x 1024 BiLSTM: the library's padded batch with per-length reversal against
+    # packed sequences
     python tools/bench_train.py --device cuda --compare-packing
     # a CPU-sized model
     python tools/bench_train.py --device cpu --model-config hidden_size=256 num_layers=3 --max-frames 20000 --steps 5
@@ -22,6 +22,7 @@ on CUDA, GPU utilisation (the share of time a kernel was running, from nvidia-sm
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 import resource
 import statistics
@@ -32,8 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from asr.config import apply_overrides, load_config
 from asr.data.loader import SPEEDS, BucketBatchSampler
@@ -49,27 +48,13 @@ CHARACTERS_PER_SECOND = 15
 SAMPLE_RATE = 16000
 
 
-class PackedBLSTMCTC(BLSTMCTC):
-    """:class:`BLSTMCTC` with one multi-layer bidirectional ``nn.LSTM`` over packed sequences.
-
-    Here only, for comparison: the library runs each direction on the padded batch, the
-    backward one over each sequence reversed within its length (same outputs). This measures
-    which of the two is faster on a device.
-    """
-
-    def __init__(self, config) -> None:
-        super().__init__(config)
-        self.lstm = nn.LSTM(self.subsampling.out_dim, config.hidden_size, num_layers=config.num_layers,
-                            bidirectional=True, batch_first=True, dropout=config.dropout if config.num_layers > 1 else 0.0)
-
-    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.specaugment(self.cmvn(feats), lengths)
-        x, out_lengths = self.subsampling(x, lengths)
-        frames = x.shape[1]
-        packed = pack_padded_sequence(self.dropout(x), out_lengths.cpu(), batch_first=True, enforce_sorted=False)
-        x, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=frames)
-        x = self.output(self.dropout(x))
-        return x.log_softmax(dim=-1), out_lengths
+def with_recurrence(model: BLSTMCTC, mode: str) -> BLSTMCTC:
+    """A copy of ``model`` whose recurrent stack runs ``mode``: "padded" (the library's way) or
+    "packed" (through packed sequences)."""
+    model = copy.deepcopy(model)
+    if mode == "packed":
+        model.encoder.forward = model.encoder.forward_packed
+    return model
 
 
 def librispeech_batches(count: int, max_frames: int, speed_perturb: bool, vocab_size: int, seed: int) -> list[dict]:
@@ -233,7 +218,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default: 3)")
     parser.add_argument("--max-frames", type=int, help="padded frames per batch (default: the config's)")
     parser.add_argument("--compare-packing", action="store_true",
-                        help="also time the BiLSTM over padded batches with masking, on the same batches")
+                        help="time the recurrent stack both ways on the same batches: packed sequences, and the padded batch with per-length reversal")
+    parser.add_argument("--cudnn-benchmark", action="store_true",
+                        help="let cuDNN time its algorithms for each new input shape (the Trainer does not: "
+                        "bucketed batches rarely repeat a shape, so the timing would recur every step)")
+    parser.add_argument("--variants", nargs="+", choices=["packed", "padded"], default=["packed", "padded"],
+                        help="with --compare-packing: which ways, in this order (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -244,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True  # as the Trainer
+        torch.backends.cudnn.benchmark = args.cudnn_benchmark
     if args.threads:
         torch.set_num_threads(args.threads)
     tokenizer = Tokenizer()
@@ -252,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     model = build_model(config.model, model_config, verbose=False)
     if args.compare_packing and type(model) is not BLSTMCTC:
-        parser.error(f"--compare-packing compares BiLSTM variants; {config.model} is not a BiLSTM")
+        parser.error(f"--compare-packing compares ways to run blstm_ctc's recurrent stack; {config.model} has none")
     max_frames = args.max_frames or config.data.max_frames
     try:
         batches = librispeech_batches(args.warmup + args.steps, max_frames, config.data.augment.speed_perturb,
@@ -273,7 +263,8 @@ def main(argv: list[str] | None = None) -> None:
 
     variants = {config.model: model}
     if args.compare_packing:
-        variants = {"padded+reversal": model, "packed": PackedBLSTMCTC(model.config)}
+        labels = {"packed": "packed", "padded": "padded+reversal"}
+        variants = {labels[mode]: with_recurrence(model, mode) for mode in args.variants}
     for label, variant in variants.items():
         try:
             result = train_steps(variant, batches, device, config, args.warmup)
