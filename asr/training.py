@@ -70,6 +70,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     epochs: int = 10
+    max_steps: int | None = None  # stop after this many batches, ending the last epoch early (the schedule spans them)
     seed: int = 0
     device: str = "auto"  # auto: cuda if available, else cpu
     dither: float = 1e-4  # waveform dither in training (full scale = 1)
@@ -214,6 +215,8 @@ class Trainer:
         )
         self.steps_per_epoch = len(self.sampler)
         self.total_steps = config.epochs * self.steps_per_epoch
+        if config.max_steps is not None:
+            self.total_steps = min(self.total_steps, config.max_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
             _cosine_schedule(config.optim.warmup_steps, self.total_steps, config.optim.final_lr_ratio),
@@ -356,9 +359,10 @@ class Trainer:
         metrics: dict = {}
         self._log(
             f"training {self.total_steps} steps ({config.epochs} epochs x {self.steps_per_epoch} batches"
+            f"{', stopped at max_steps' if self.total_steps < config.epochs * self.steps_per_epoch else ''}"
             f"{f' x {self.world_size} ranks' if self.world_size > 1 else ''}) on {self.device}"
         )
-        while self.epoch < config.epochs:
+        while self.epoch < config.epochs and self.step < self.total_steps:
             self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch)
             self.model.train()
             self.frontend.train()
@@ -396,6 +400,8 @@ class Trainer:
                     recent_loss, recent_count = zero, 0
                 if self.step % config.save_every_steps == 0:
                     self._save_last()
+                if self.step >= self.total_steps:
+                    break
             bar.close()
             elapsed = time.perf_counter() - start
             train_loss = (epoch_loss + recent_loss).item() / max(1, epoch_count + recent_count)

@@ -112,6 +112,22 @@ def test_nonfinite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
+def test_max_steps_ends_training_early_and_resumes_to_the_end(tmp_path):
+    manifest, _ = make_manifest(tmp_path, count=8)
+    trainer = Trainer(tiny_config(tmp_path, manifest, epochs=3, max_steps=2))
+    assert trainer.steps_per_epoch > 2 and trainer.total_steps == 2
+    trainer.fit()
+    assert trainer.step == 2 and trainer.epoch == 1
+    assert (tmp_path / "exp" / "epoch-1.pt").exists() and not (tmp_path / "exp" / "epoch-2.pt").exists()
+    # resuming a finished run does nothing; a larger max_steps continues from step 2
+    again = Trainer(tiny_config(tmp_path, manifest, epochs=3, max_steps=2))
+    again.fit()
+    assert again.step == 2
+    longer = Trainer(tiny_config(tmp_path, manifest, epochs=3, max_steps=4))
+    longer.fit()
+    assert longer.step == 4
+
+
 def _train_cli(exp_dir, manifest, *extra):
     return [
         sys.executable, "-m", "asr", "train", f"exp_dir={exp_dir}", f"data.train={manifest}",
