@@ -200,3 +200,13 @@ class Recognizer:
             end=end / SAMPLE_RATE,
             latency=self.clock() - arrival,
         )
+
+
+def stream_audio(recognizer: Recognizer, audio: torch.Tensor, chunk_samples: int) -> str:
+    """Feed ``audio`` ``(samples,)`` through ``recognizer`` in chunks of ``chunk_samples``, as a
+    microphone would deliver it, and return its final texts joined by spaces."""
+    finals = []
+    for start in range(0, audio.shape[-1], chunk_samples):
+        finals += [e.text for e in recognizer.accept_audio(audio[start : start + chunk_samples]) if e.kind == "final"]
+    finals += [e.text for e in recognizer.finish() if e.kind == "final"]
+    return " ".join(finals)

@@ -290,8 +290,14 @@ def decode_manifest(
     device: str = "cpu",
     beam: BeamSearchOptions | None = None,
     batch_size: int = 1,
+    chunk_ms: int | None = None,
 ) -> int:
-    """Decode every utterance of a manifest into ``id<TAB>text`` lines; returns failures."""
+    """Decode every utterance of a manifest into ``id<TAB>text`` lines; returns failures.
+
+    With ``chunk_ms``, each utterance is streamed through a :class:`~asr.streaming.Recognizer`
+    (a streaming model) in chunks of that many milliseconds, endpointing included, exactly
+    as ``asr stream`` would recognise it.
+    """
     import sys
 
     from tqdm import tqdm
@@ -299,9 +305,12 @@ def decode_manifest(
     from asr.data.manifest import read_manifest
 
     entries = read_manifest(manifest)
-    transcriber = Transcriber(checkpoint, device=device, beam=beam)
+    if chunk_ms is None:
+        transcriber = Transcriber(checkpoint, device=device, beam=beam)
+        results = transcriber.transcribe_files([entry["audio"] for entry in entries], batch_size=batch_size)
+    else:
+        results = _stream_files(checkpoint, [entry["audio"] for entry in entries], device, chunk_ms)
     failures = 0
-    results = transcriber.transcribe_files([entry["audio"] for entry in entries], batch_size=batch_size)
     with open(out, "w") as f:
         for entry, (_, result) in tqdm(
             zip(entries, results), total=len(entries), desc="decode", unit="utt", mininterval=2.0
@@ -312,3 +321,45 @@ def decode_manifest(
                 continue
             f.write(f"{entry['id']}\t{result.text}\n")
     return failures
+
+
+def _stream_files(
+    checkpoint: str | os.PathLike, paths: list[str], device: str, chunk_ms: int
+) -> Iterator[tuple[str, Transcript | AudioError]]:
+    from asr.audio import load_audio
+    from asr.streaming import Recognizer, stream_audio
+
+    recognizer = Recognizer(checkpoint, device=device)
+    for path in paths:
+        try:
+            audio = load_audio(path)
+        except AudioError as err:
+            yield path, err
+            continue
+        text = stream_audio(recognizer, audio, SAMPLE_RATE * chunk_ms // 1000)
+        yield path, Transcript(text=text, duration=audio.shape[-1] / SAMPLE_RATE)
+
+
+@torch.inference_mode()
+def manifest_log_probs(
+    checkpoint: str | os.PathLike, manifest: str | os.PathLike, device: str = "cpu"
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[str]]:
+    """The model's log-probs for every utterance of a manifest, one ``(1, frames, vocab)`` tensor
+    and ``(1,)`` length each, with the normalised references: the input of
+    :func:`asr.decoding.tune_lm_weights`, computed once for the whole grid."""
+    from tqdm import tqdm
+
+    from asr.audio import load_audio
+    from asr.data.manifest import read_manifest
+    from asr.text import normalize_text
+
+    transcriber = Transcriber(checkpoint, device=device)
+    log_probs, lengths, references = [], [], []
+    for entry in tqdm(read_manifest(manifest), desc="log-probs", unit="utt", mininterval=2.0):
+        audio = load_audio(entry["audio"]).to(transcriber.device)
+        feats, feat_lengths = transcriber.frontend(audio[None], torch.tensor([len(audio)], device=transcriber.device))
+        out, out_lengths = transcriber.model(feats, feat_lengths)
+        log_probs.append(out.float().cpu())
+        lengths.append(out_lengths.cpu())
+        references.append(normalize_text(entry["text"])[0])
+    return log_probs, lengths, references

@@ -241,3 +241,40 @@ def test_log_probs_on_any_dtype_are_accepted():
     (hyp,) = BeamSearchDecoder(TOK).decode(log_probs.double(), lengths.int())
     assert hyp.text == "THE KAT SAT"
     assert math.isfinite(hyp.score)
+
+
+@requires_flashlight
+def test_cli_lm_and_tune_lm(tiny_checkpoint, tmp_path):
+    """`asr lm` builds an ARPA from a manifest's transcripts; `asr tune-lm` grid-searches the
+    weights on a dev manifest and writes the best as decoding options."""
+    import re
+    import subprocess
+
+    import soundfile as sf
+
+    from asr.data.manifest import write_manifest
+
+    entries = []
+    for i, (audio, sentence) in enumerate(zip(tiny_checkpoint.audio, tiny_checkpoint.sentences)):
+        sf.write(tmp_path / f"{i}.wav", audio.numpy(), 16000)
+        entries.append({"id": f"u{i}", "audio": str(tmp_path / f"{i}.wav"), "duration": len(audio) / 16000,
+                        "text": sentence, "speaker": "s"})
+    write_manifest(tmp_path / "m.jsonl", entries)
+    asr = [sys.executable, "-m", "asr"]
+    built = subprocess.run(asr + ["lm", "--manifest", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "lm.arpa")],
+                           capture_output=True, text=True, timeout=120)
+    assert built.returncode == 0, built.stderr
+    words = {w for s in tiny_checkpoint.sentences for w in s.upper().split()}
+    assert set(arpa_vocabulary(tmp_path / "lm.arpa")) >= words
+    assert re.search(rf"{len(words) + 3} 1-grams", built.stdout)  # + <s>, </s>, <unk>
+    tuned = subprocess.run(
+        asr + ["tune-lm", "--model", str(tiny_checkpoint.path), "--manifest", str(tmp_path / "m.jsonl"),
+               "--lm", str(tmp_path / "lm.arpa"), "--lm-weights", "0.5", "1", "--word-scores", "0", "2",
+               "--out", str(tmp_path / "weights.args")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert tuned.returncode == 0, tuned.stderr
+    assert len(re.findall(r"^\s*\d\.\d\d\s+\d\.\d\d \d\.\d{4}$", tuned.stdout, re.M)) == 4
+    best = float(re.search(r"dev WER (\S+)\)", tuned.stdout).group(1))
+    assert best < 0.1
+    assert re.fullmatch(r"--lm-weight \S+ --word-score \S+\n", (tmp_path / "weights.args").read_text())

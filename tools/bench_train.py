@@ -6,7 +6,7 @@ from a gamma distribution with LibriSpeech's mean (12.3 s; standard deviation 3.
 ``max_frames``. Features are random tensors of log-mel shape fed to the model directly (the
 log-mel frontend is cheap next to the model, see tools/bench_frontend.py, and data loading is
 left out), transcripts random characters at 15 per second. Each step is the Trainer's: forward
-under bf16 autocast on CUDA, CTC loss in float32, backward, gradient clipping, AdamW.
+under bf16 autocast on CUDA (`--precision`), CTC loss in float32, backward, gradient clipping, AdamW.
 
 Reports audio hours trained per device hour, step time, peak memory (CUDA: allocated by
 tensors, and reserved by the caching allocator; CPU: peak resident set of the process) and,
@@ -163,7 +163,7 @@ def peak_memory(device: torch.device) -> str:
     return f"{kib * 1024 / gib:.1f} GiB peak RSS"
 
 
-def train_steps(model, batches: list[dict], device: torch.device, config: TrainConfig, warmup: int) -> dict:
+def train_steps(model, batches: list[dict], device: torch.device, config: TrainConfig, warmup: int, bf16: bool) -> dict:
     """Run the Trainer's step on each batch; time the ones after ``warmup``."""
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay,
@@ -180,7 +180,7 @@ def train_steps(model, batches: list[dict], device: torch.device, config: TrainC
             frames = batch["frames"].to(device)
             feats = torch.randn(len(frames), int(frames.max()), n_mels, device=device)
             # as Trainer._train_step, from the features on
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 log_probs, out_lengths = model(feats, frames)
             loss = torch.nn.functional.ctc_loss(
                 log_probs.float().transpose(0, 1), batch["targets"].to(device), out_lengths,
@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
                         "bucketed batches rarely repeat a shape, so the timing would recur every step)")
     parser.add_argument("--variants", nargs="+", choices=["packed", "padded"], default=["packed", "padded"],
                         help="with --compare-packing: which ways, in this order (default: %(default)s)")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                        help="as the Trainer's `precision`: auto = bf16 autocast on CUDA, float32 on CPU")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -237,6 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cudnn.benchmark = args.cudnn_benchmark
     if args.threads:
         torch.set_num_threads(args.threads)
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     tokenizer = Tokenizer()
     model_config = {"vocab_size": len(tokenizer), **apply_overrides(config.model_config, args.model_config)}
     torch.manual_seed(args.seed)
@@ -257,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     shape = ", ".join(f"{k}={v}" for k, v in model_config.items() if k in ("hidden_size", "num_layers", "time_stride"))
     print(f"model: {config.model} ({shape}), {count_parameters(model) / 1e6:.1f}M parameters")
-    print(f"device: {device} ({name}){', bf16 autocast' if device.type == 'cuda' else ', float32'}")
+    print(f"device: {device} ({name}), {'bf16 autocast' if bf16 else 'float32'}")
     print(f"batches: max_frames={max_frames}, on average {utterances:.1f} utterances, {audio:.0f} s of audio, "
           f"{padding:.1%} padding; {args.steps} timed steps after {args.warmup} warm-up")
 
@@ -267,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         variants = {labels[mode]: with_recurrence(model, mode) for mode in args.variants}
     for label, variant in variants.items():
         try:
-            result = train_steps(variant, batches, device, config, args.warmup)
+            result = train_steps(variant, batches, device, config, args.warmup, bf16)
         except torch.OutOfMemoryError:
             print(f"{label:>15}: out of memory with max_frames={max_frames} ({peak_memory(device)} at the time)", flush=True)
             continue

@@ -174,7 +174,7 @@ class StreamingGRUCTC(nn.Module):
         # the look-ahead must see zeros after the end, as flush() gives it
         x = x * lengths_to_mask(out_lengths, x.shape[1])[:, :, None]
         x = self.output(self.dropout(self.lookahead(x)))
-        return x.log_softmax(dim=-1), out_lengths
+        return x.float().log_softmax(dim=-1), out_lengths  # float32 also under autocast
 
     def initial_state(self) -> StreamingState:
         device = self.output.weight.device

@@ -35,12 +35,14 @@ run_stage() {
   echo "== stage $1: $2 ($(date +%H:%M:%S))"
 }
 
-# score_splits EXP DATA SPLIT...: asr score for each decoded split -> EXP/decode_SPLIT/score.txt
+# score_splits EXP DATA NAME...: asr score for each decoding EXP/decode_NAME/hyp.txt ->
+# EXP/decode_NAME/score.txt. NAME is a split (greedy decoding) or SPLIT_VARIANT, e.g. test_beam_lm,
+# scored against DATA/SPLIT.jsonl.
 score_splits() {
-  local exp=$1 data=$2; shift 2
-  for split in "$@"; do
-    asr score "$data/$split.jsonl" "$exp/decode_$split/hyp.txt" \
-      --alignments "$exp/decode_$split/alignments.txt" > "$exp/decode_$split/score.txt"
+  local exp=$1 data=$2 name; shift 2
+  for name in "$@"; do
+    asr score "$data/${name%%_*}.jsonl" "$exp/decode_$name/hyp.txt" \
+      --alignments "$exp/decode_$name/alignments.txt" > "$exp/decode_$name/score.txt"
   done
 }
 
@@ -58,12 +60,13 @@ write_results() {
     echo "# $title"
     echo
     echo "Produced by \`$command\` on $(date -u +%Y-%m-%d), $(nproc) CPU cores, $(gpus)."
-    echo "Model: \`$exp/final.pt\`; greedy CTC decoding."
+    echo "Model: \`$exp/final.pt\`. Decoding: SPLIT = greedy CTC; SPLIT_beam = beam search; SPLIT_beam_lm ="
+    echo "beam search with the word LM; SPLIT_streaming = the streaming model, streamed in chunks."
     echo
     echo "| set | WER | CER |"
     echo "|---|---|---|"
-    for split in "$@"; do
-      echo "| $split | $(awk '/^WER/ {print $2}' "$exp/decode_$split/score.txt") | $(awk '/^CER/ {print $2}' "$exp/decode_$split/score.txt") |"
+    for name in "$@"; do
+      echo "| $name | $(awk '/^WER/ {print $2}' "$exp/decode_$name/score.txt") | $(awk '/^CER/ {print $2}' "$exp/decode_$name/score.txt") |"
     done
     echo
     echo "Training curve (\`$exp/log.csv\`):"

@@ -12,10 +12,12 @@ cd "$(dirname "$0")"
 source ../shared/stages.sh
 
 if $quick; then
-  data=${data_dir:-data/quick} exp=${exp_dir:-exp/quick} conf=conf/quick.yaml
+  data=${data_dir:-data/quick} exp=${exp_dir:-exp/quick} conf=conf/quick.yaml stream_conf=conf/gru_streaming_quick.yaml
+  tune_grid="--lm-weights 0.5 1.5 --word-scores 0 3"
   corpus_args="--train-sentences 600 --dev-sentences 60 --test-sentences 100 --train-speakers 40 --dev-speakers 4 --test-speakers 6"
 else
-  data=${data_dir:-data/default} exp=${exp_dir:-exp} conf=conf/blstm_ctc.yaml
+  data=${data_dir:-data/default} exp=${exp_dir:-exp} conf=conf/blstm_ctc.yaml stream_conf=conf/gru_streaming.yaml
+  tune_grid=
   corpus_args="--train-sentences 9000 --dev-sentences 200 --test-sentences 300 --train-speakers 200 --dev-speakers 8 --test-speakers 8"
 fi
 mkdir -p "$data" "$exp"
@@ -58,9 +60,49 @@ if run_stage 6 "decode dev and test (greedy)" "$exp/.decode.done"; then
   touch "$exp/.decode.done"
 fi
 
-if run_stage 7 "score -> $results" "$exp/.score.done"; then
-  score_splits "$exp" "$data" dev test
-  write_results "$results" "Synthetic recipe results" "$exp" "recipes/synthetic/run.sh$($quick && echo ' --quick' || true)" dev test
+if run_stage 7 "word 3-gram LM from the training transcripts" "$exp/.lm.done"; then
+  mkdir -p "$exp/lm"
+  asr lm --manifest "$data/train.jsonl" --order 3 --out "$exp/lm/3gram.arpa"
+  touch "$exp/.lm.done"
+fi
+
+# Lexicon-free beam search: the test sentences (and many of their words) are unseen, so the
+# decoder spells any word and the LM scores words it knows and penalises the others (<unk>).
+if run_stage 8 "beam search, and beam search + LM with weights tuned on dev" "$exp/.beam.done"; then
+  asr tune-lm --model "$exp/final.pt" --manifest "$data/dev.jsonl" --lm "$exp/lm/3gram.arpa" \
+    $tune_grid --out "$exp/lm/weights.args"
+  mkdir -p "$exp/decode_test_beam" "$exp/decode_test_beam_lm"
+  asr decode --model "$exp/final.pt" --manifest "$data/test.jsonl" --beam-size 32 \
+    --out "$exp/decode_test_beam/hyp.txt"
+  asr decode --model "$exp/final.pt" --manifest "$data/test.jsonl" --lm "$exp/lm/3gram.arpa" \
+    $(cat "$exp/lm/weights.args") --out "$exp/decode_test_beam_lm/hyp.txt"
+  touch "$exp/.beam.done"
+fi
+
+if run_stage 9 "train the streaming GRU ($stream_conf) -> $exp/streaming.pt" "$exp/.streaming.done"; then
+  asr train --config "$stream_conf" exp_dir="$exp/streaming" cmvn="$exp/cmvn.pt" \
+    data.train="$data/train.jsonl" data.valid="$data/dev.jsonl"
+  asr average --exp-dir "$exp/streaming" --last 2 --out "$exp/streaming.pt"
+  mkdir -p "$exp/decode_test_streaming"
+  asr decode --model "$exp/streaming.pt" --manifest "$data/test.jsonl" --chunk-ms 160 \
+    --out "$exp/decode_test_streaming/hyp.txt"
+  touch "$exp/.streaming.done"
+fi
+
+if run_stage 10 "score -> $results" "$exp/.score.done"; then
+  score_splits "$exp" "$data" dev test test_beam test_beam_lm test_streaming
+  write_results "$results" "Synthetic recipe results" "$exp" "recipes/synthetic/run.sh$($quick && echo ' --quick' || true)" \
+    dev test test_beam test_beam_lm test_streaming
+  {
+    echo
+    echo "LM: \`$exp/lm/3gram.arpa\` (modified Kneser-Ney, training transcripts only); weights tuned on dev: \`$(cat "$exp/lm/weights.args")\`."
+    echo
+    echo "Streaming model \`$exp/streaming.pt\` ($stream_conf), training curve:"
+    echo
+    echo '```'
+    cat "$exp/streaming/log.csv"
+    echo '```'
+  } >> "$results"
   touch "$exp/.score.done"
 fi
 
