@@ -6,7 +6,12 @@ import argparse
 import sys
 
 
-NO_MODEL_HINT = "error: no --model given; train one with recipes/synthetic/run.sh (leaves recipes/synthetic/exp/final.pt)"
+NO_MODEL_HINT = ("error: no --model given: train one with recipes/speechocean762/run.sh (human speech) or "
+                 "recipes/synthetic/run.sh, then pass --model recipes/<name>/exp/final.pt")
+NO_STREAMING_MODEL_HINT = (
+    "error: no --model given: train a streaming model (a recipe's config plus model=streaming_gru, e.g. asr train "
+    "--config recipes/speechocean762/conf/blstm_ctc.yaml model=streaming_gru ...), then pass --model EXP/final.pt"
+)
 OUTPUT_EXTENSIONS = {"text": "txt", "json": "json", "srt": "srt", "vtt": "vtt"}
 
 
@@ -237,18 +242,24 @@ def _add_score(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("hyp", metavar="HYP", help="hypotheses, same formats (e.g. the output of asr transcribe)")
     p.add_argument("--alignments", metavar="FILE", help="write each utterance's REF/HYP alignment here")
     p.add_argument("--top", type=int, default=10, metavar="N", help="most frequent errors to list (default: 10)")
+    p.add_argument("--by", metavar="FIELD",
+                   help="also WER/CER for each value of this field of the REF manifest (e.g. age_group)")
     p.set_defaults(func=_score)
 
 
 def _score(args: argparse.Namespace) -> int:
-    from asr.metrics import read_transcripts, score, write_alignments
+    from asr.metrics import group_summary, read_transcripts, score, score_by_group, write_alignments
 
     try:
-        report = score(read_transcripts(args.ref), read_transcripts(args.hyp))
+        refs, hyps = read_transcripts(args.ref), read_transcripts(args.hyp)
+        report = score(refs, hyps)
+        groups = score_by_group(refs, hyps, read_transcripts(args.ref, field=args.by)) if args.by else None
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(report.summary(top=args.top))
+    if groups:
+        print(group_summary(args.by, groups))
     if args.alignments:
         write_alignments(report, args.alignments)
     return 0
@@ -277,6 +288,21 @@ def _add_prepare(verbs: argparse._SubParsersAction) -> None:
                    help="speakers held out for test (default: theo yweweler)")
     q.add_argument("--out", required=True, help="directory for train/dev/test.jsonl")
     q.set_defaults(func=_prepare_fsdd)
+
+    q = corpora.add_parser("speechocean762", help="speechocean762 (non-native English, children and adults), "
+                           "official train/test split, with speaker ages")
+    q.add_argument("--data-root", help="corpus folder with train/, test/ and WAVE/ (default: the shared copy "
+                   "../shared/data/speechocean762 beside the repository, when it exists)")
+    q.add_argument("--download-dir", metavar="DIR",
+                   help="download the OpenSLR tarball (resource 101) here, extract it and use it as --data-root")
+    q.add_argument("--mirror", help="base URL instead of https://www.openslr.org/resources/ (needs --download-dir)")
+    q.add_argument("--md5", help="MD5 the tarball must have (OpenSLR publishes none; needs --download-dir)")
+    q.add_argument("--dev-speakers", type=int, default=0, metavar="N",
+                   help="move N training speakers (half children) to dev.jsonl for validation (default: 0)")
+    q.add_argument("--max-utterances", type=_positive_int, metavar="N",
+                   help="at most N utterances per split, spread over its speakers (a quick subset)")
+    q.add_argument("--out", required=True, help="directory for train.jsonl, test.jsonl (and dev.jsonl)")
+    q.set_defaults(func=_prepare_speechocean762)
 
     q = corpora.add_parser("librispeech-tree", help="any LibriSpeech-layout tree (e.g. synthetic) to one manifest")
     q.add_argument("--root", required=True, help="directory with SPEAKER/CHAPTER/*.flac and *.trans.txt")
@@ -315,6 +341,31 @@ def _prepare_fsdd(args: argparse.Namespace) -> int:
     try:
         prepare_fsdd(args.data_root, args.out, args.test_speakers)
     except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _prepare_speechocean762(args: argparse.Namespace) -> int:
+    from asr.data.librispeech import ChecksumError, DownloadError
+    from asr.data.speechocean762 import SHARED_COPY, download_speechocean762, prepare_speechocean762
+
+    if (args.mirror or args.md5) and not args.download_dir:
+        print("error: --mirror and --md5 need --download-dir", file=sys.stderr)
+        return 2
+    if args.data_root and args.download_dir:
+        print("error: give --data-root (an existing copy) or --download-dir, not both", file=sys.stderr)
+        return 2
+    try:
+        if args.download_dir:
+            corpus = download_speechocean762(args.download_dir, args.mirror, checksum=args.md5)
+        elif args.data_root or SHARED_COPY.is_dir():
+            corpus = args.data_root or SHARED_COPY
+        else:
+            print(f"error: no speechocean762 at {SHARED_COPY}; give --data-root or --download-dir", file=sys.stderr)
+            return 2
+        prepare_speechocean762(corpus, args.out, dev_speakers=args.dev_speakers, max_utterances=args.max_utterances)
+    except (ChecksumError, DownloadError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
@@ -368,8 +419,11 @@ def _stream(args: argparse.Namespace) -> int:
             for d in devices:
                 print(f"{'*' if d.is_default else ' '} {d.index}: {d.name} ({d.channels} ch, {d.default_rate} Hz)")
             return 0
-        if not args.model or (args.realtime and not args.file):
-            print("error: --model is required, and --realtime needs --file", file=sys.stderr)
+        if not args.model:
+            print(NO_STREAMING_MODEL_HINT, file=sys.stderr)
+            return 2
+        if args.realtime and not args.file:
+            print("error: --realtime needs --file", file=sys.stderr)
             return 2
         recognizer = Recognizer(args.model)
         if args.file:

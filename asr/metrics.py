@@ -127,12 +127,39 @@ def write_alignments(report: ScoreReport, path: str | os.PathLike) -> None:
             f.write(f"=== {i} ===\n{text}\n\n")
 
 
-def read_transcripts(path: str | os.PathLike) -> dict[str, str]:
+def score_by_group(refs: dict[str, str], hyps: dict[str, str], groups: dict[str, str]) -> dict[str, ScoreReport]:
+    """One :func:`score` per group (e.g. ``age_group`` of a manifest: "adult", "child"), sorted by name.
+
+    ``groups`` maps utterance id -> group; references without one are not scored here.
+    """
+    ids_by_group: dict[str, list[str]] = {}
+    for i in refs:
+        if i in groups:
+            ids_by_group.setdefault(groups[i], []).append(i)
+    return {
+        group: score({i: refs[i] for i in ids}, {i: hyps[i] for i in ids if i in hyps})
+        for group, ids in sorted(ids_by_group.items())
+    }
+
+
+def group_summary(field: str, reports: dict[str, ScoreReport]) -> str:
+    """Lines printed by ``asr score --by FIELD``; indented, so that a line starting with
+    ``WER`` is still only the overall one."""
+    width = max(len(group) for group in reports)
+    lines = [f"by {field}:"]
+    for group, report in reports.items():
+        lines.append(f"  {group:<{width}}  WER {report.wer:.4f}  CER {report.cer:.4f}  "
+                     f"({len(report.alignments)} utterances, {report.ref_words} words)")
+    return "\n".join(lines)
+
+
+def read_transcripts(path: str | os.PathLike, field: str = "text") -> dict[str, str]:
     """Read ``id<TAB>text`` lines or a JSONL manifest (``{"id": ..., "text": ...}`` per line).
 
     The format is taken from the first non-blank line: JSON if it starts with ``{``. A line
     without a tab is split at its first space (Kaldi ``text`` files). A line with an id and no
-    text is an empty transcript; blank lines are skipped.
+    text is an empty transcript; blank lines are skipped. ``field`` reads another key of a
+    manifest instead of ``text`` (e.g. ``age_group``), as a string.
     """
     transcripts: dict[str, str] = {}
     with open(path, encoding="utf-8") as f:
@@ -144,9 +171,11 @@ def read_transcripts(path: str | os.PathLike) -> dict[str, str]:
                 entry = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            if not isinstance(entry, dict) or "id" not in entry or "text" not in entry:
-                raise ValueError(f"{path}:{number}: expected a JSON object with \"id\" and \"text\"")
-            key, text = str(entry["id"]), entry["text"]
+            if not isinstance(entry, dict) or "id" not in entry or field not in entry:
+                raise ValueError(f"{path}:{number}: expected a JSON object with \"id\" and \"{field}\"")
+            key, text = str(entry["id"]), entry[field] if field == "text" else str(entry[field])
+        elif field != "text":
+            raise ValueError(f"{path}: id<TAB>text lines have no field {field!r}; give a JSONL manifest")
         else:
             key, _, text = line.partition("\t" if "\t" in line else " ")
             key = key.strip()

@@ -44,8 +44,8 @@ from asr.text import Tokenizer
 
 @dataclass
 class DataConfig:
-    train: str = ""  # JSONL manifest
-    valid: str | None = None
+    train: str | list[str] = ""  # JSONL manifest; several (a YAML list, or comma-separated) are concatenated
+    valid: str | list[str] | None = None
     max_frames: int = 40000  # padded feature frames per batch (10 ms each): 400 s of audio
     max_duration: float = 35.0  # seconds; longer utterances are dropped (count printed)
     num_workers: int = 1
@@ -251,8 +251,10 @@ class Trainer:
             stats = compute_cmvn_stats(self.config.data.train, self.model.config.n_mels, max_utterances=500)
             self.model.cmvn.set_stats(stats["sum"], stats["sum_sq"], stats["count"])
 
-    def _load_entries(self, manifest: str, name: str, slowest_speed: float) -> list[dict]:
-        entries = read_manifest(manifest)
+    def _load_entries(self, manifests: str | list[str], name: str, slowest_speed: float) -> list[dict]:
+        paths = [path.strip() for path in (manifests.split(",") if isinstance(manifests, str) else manifests)]
+        manifest = ", ".join(paths)  # for the messages
+        entries = [entry for path in paths for entry in read_manifest(path)]
         kept, dropped = filter_for_ctc(entries, self.model.output_lengths, self.config.data.max_duration, slowest_speed)
         hours = sum(e["duration"] for e in kept) / 3600
         self._log(f"{name}: {len(kept)} utterances, {hours:.2f} h from {manifest}")

@@ -122,3 +122,22 @@ def test_cli_score(tmp_path, capsys):
 def test_cli_score_missing_file(tmp_path, capsys):
     assert main(["score", str(tmp_path / "nope.txt"), str(tmp_path / "nope.txt")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_score_by_a_manifest_field(tmp_path, capsys):
+    ref = tmp_path / "ref.jsonl"
+    entries = [("c1", "ONE TWO", "child"), ("a1", "THREE FOUR", "adult"), ("c2", "FIVE", "child")]
+    ref.write_text("".join(json.dumps({"id": i, "text": t, "age_group": g}) + "\n" for i, t, g in entries))
+    hyp = tmp_path / "hyp.txt"
+    hyp.write_text("c1\tone\na1\tthree four\n")  # c2 missing: all its words deleted
+    assert main(["score", str(ref), str(hyp), "--by", "age_group", "--top", "0"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "WER 0.4000 (S=0, D=2, I=0, N=5)"
+    assert out[-3:] == [
+        "by age_group:",
+        "  adult  WER 0.0000  CER 0.0000  (1 utterances, 2 words)",
+        # "ONE TWO" -> "ONE", "FIVE" -> "": 2 of 3 words, 4 + 4 of 7 + 4 characters
+        "  child  WER 0.6667  CER 0.7273  (2 utterances, 3 words)",
+    ]
+    assert main(["score", str(hyp), str(hyp), "--by", "age_group"]) == 2
+    assert "have no field 'age_group'; give a JSONL manifest" in capsys.readouterr().err

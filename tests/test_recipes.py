@@ -10,6 +10,7 @@ from conftest import requires_espeak
 
 REPO = Path(__file__).resolve().parents[1]
 FSDD = REPO.parent / "shared" / "data" / "fsdd"
+SPEECHOCEAN762 = REPO.parent / "shared" / "data" / "speechocean762"
 
 
 def run_recipe(name, tmp_path, *extra, env=None):
@@ -65,3 +66,17 @@ def test_fsdd_recipe_quick_learns(tmp_path):
     assert losses[-1] < 0.75 * losses[0]
     assert cer < 0.95, "some characters of unseen speakers' digits come out right"
     assert result.stdout.strip().splitlines()[-1].startswith("WER test ")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SPEECHOCEAN762.is_dir(), reason=f"speechocean762 not found at {SPEECHOCEAN762}")
+def test_speechocean762_recipe_quick_runs_end_to_end(tmp_path):
+    result = run_recipe("speechocean762", tmp_path)
+    last_line = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"WER test \d+\.\d+", last_line), last_line
+    assert (tmp_path / "exp" / "final.pt").is_file()
+    results = (tmp_path / "exp" / "RESULTS.md").read_text()
+    assert "| test |" in results and "| dev |" in results
+    breakdown = results[results.index("Test WER and CER by speaker age"):]
+    assert re.search(r"^  adult  WER \d\.\d{4}  CER \d\.\d{4}  \(\d+ utterances", breakdown, re.M)
+    assert re.search(r"^  child  WER \d\.\d{4}  CER \d\.\d{4}  \(\d+ utterances", breakdown, re.M)

@@ -164,3 +164,39 @@ def test_exact_resume_after_sigkill(tmp_path):
     assert a.trainer_state["step"] == b.trainer_state["step"]
     for key, value in a.state_dict.items():
         assert torch.equal(value, b.state_dict[key]), key
+
+
+def test_several_training_manifests_are_concatenated(tmp_path):
+    from asr.config import load_config
+    from asr.training import compute_cmvn_stats, save_cmvn_stats
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, _ = make_manifest(tmp_path / "a", count=5, seed=1)
+    second, _ = make_manifest(tmp_path / "b", count=3, seed=2)
+    # the CMVN fallback reads one manifest; a mixed recipe passes its statistics
+    save_cmvn_stats(compute_cmvn_stats(first), tmp_path / "cmvn.pt")
+    conf = tmp_path / "mixed.yaml"
+    conf.write_text(f"data:\n  train: [{first}, {second}]\n  num_workers: 0\n")
+    common = [f"exp_dir={tmp_path / 'exp'}", f"cmvn={tmp_path / 'cmvn.pt'}", "threads=1",
+              "model_config.hidden_size=32", "model_config.num_layers=1", "model_config.conv_channels=4"]
+    from_yaml = Trainer(load_config(TrainConfig, conf, common))
+    from_command_line = Trainer(load_config(TrainConfig, None, [*common, f"data.train={first},{second}"]))
+    for trainer in from_yaml, from_command_line:
+        assert [e["audio"] for e in trainer.train_set.entries] == [
+            str(tmp_path / d / f"utt{i}.flac") for d, n in (("a", 5), ("b", 3)) for i in range(n)
+        ]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_trainer_on_cuda(tmp_path):
+    """The CUDA path end to end: frontend and model on the GPU, bf16 autocast, pinned memory,
+    a loader worker, validation, checkpoints that load on the CPU."""
+    manifest, _ = make_manifest(tmp_path, count=16)
+    data = DataConfig(train=str(manifest), valid=str(manifest), max_frames=600, num_workers=1)
+    trainer = Trainer(tiny_config(tmp_path, manifest, device="cuda", data=data))
+    assert trainer.device.type == "cuda"
+    metrics = trainer.fit()
+    assert trainer.skipped_batches == 0 and math.isfinite(metrics["train_loss"])
+    model = load_checkpoint(tmp_path / "exp" / "epoch-2.pt").build_model()
+    assert next(model.parameters()).device.type == "cpu"

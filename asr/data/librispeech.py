@@ -258,7 +258,9 @@ def download_librispeech(
         relative = f"12/{subset}.tar.gz"
         archive = download_file(base + relative, target_dir / f"{subset}.tar.gz", checksums.get(relative),
                                 CHECKSUM_ALGORITHM, progress)
-        _extract(archive, target_dir, subset, checksums.get(relative) is not None, progress)
+        extract_archive(archive, target_dir, checksums.get(relative) is not None, progress)
+        if not (target_dir / "LibriSpeech" / subset).is_dir():
+            raise DownloadError(f"{archive}: archive holds no LibriSpeech/{subset} directory")
         done.touch()
         if not keep_archives:
             archive.unlink()
@@ -271,7 +273,13 @@ def download_librispeech(
     return target_dir / "LibriSpeech"
 
 
-def _extract(archive: Path, target_dir: Path, subset: str, verified: bool, progress: bool) -> None:
+def extract_archive(archive: Path, target_dir: Path, verified: bool, progress: bool = True) -> None:
+    """Extract a ``.tar.gz`` into ``target_dir``, refusing members that would land outside it.
+
+    Raises:
+        DownloadError: a corrupt or unsafe archive; an unverified one (no checksum) is deleted
+            so that the next run downloads it again.
+    """
     # Streaming ("r|gz") reads the archive once, front to back; filter="data" refuses absolute
     # paths, "..", links out of the tree and device files.
     try:
@@ -282,8 +290,6 @@ def _extract(archive: Path, target_dir: Path, subset: str, verified: bool, progr
         if not verified:
             archive.unlink()  # so that the next run downloads it again
         raise DownloadError(f"{archive}: cannot extract ({err})") from None
-    if not (target_dir / "LibriSpeech" / subset).is_dir():
-        raise DownloadError(f"{archive}: archive holds no LibriSpeech/{subset} directory")
 
 
 def prepare_librispeech(

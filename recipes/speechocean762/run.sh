@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# speechocean762 recipe: English read by native Mandarin speakers, half of them children
+# (Zhang et al., Interspeech 2021; OpenSLR 101; free for commercial and non-commercial use),
+# read from ../shared/data/speechocean762 (see its ATTRIBUTION.md; nothing is copied here).
+# Official split: train 125 speakers (6 held out as dev), test 125 other speakers.
+# manifests -> CMVN -> BiLSTM-CTC -> average -> greedy decoding -> WER, children vs adults.
+#
+#   ./run.sh [--stage N] [--stop-stage M] [--quick] [--data DIR] [--exp DIR]
+#            [--strategy real|finetune|mixed] [--data-root DIR | --download [--mirror URL]]
+#
+# --strategy real: from scratch on speechocean762 (conf/blstm_ctc.yaml); finetune: from the
+# synthetic recipe's model (conf/finetune.yaml); mixed: speechocean762 + synthetic + FSDD
+# (conf/mixed.yaml). The default strategy's model is exp/final.pt, the others' exp/<strategy>/.
+# --data-root: the corpus folder (default: SPEECHOCEAN762_ROOT or ../../../shared/data/speechocean762);
+# --download: fetch OpenSLR's tarball into DATA/download instead (--mirror: another base URL).
+# --quick: 100 utterances per split, a tiny model, one epoch (CI). Stages are idempotent
+# (.done markers); an interrupted training resumes from exp/last.pt.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+default_strategy=real
+# this recipe's options; the others are ../shared/stages.sh's
+strategy=$default_strategy data_root= download=false mirror=
+shared=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --strategy) strategy=$2; shift 2 ;;
+    --data-root) data_root=$2; shift 2 ;;
+    --download) download=true; shift ;;
+    --mirror) download=true mirror=$2; shift 2 ;;
+    *) shared+=("$1"); shift ;;
+  esac
+done
+set -- "${shared[@]}"
+source ../shared/stages.sh
+
+case $strategy in
+  real) conf=conf/blstm_ctc.yaml ;;
+  finetune) conf=conf/finetune.yaml ;;
+  mixed) conf=conf/mixed.yaml ;;
+  *) echo "error: --strategy is real, finetune or mixed, not '$strategy'" >&2; exit 2 ;;
+esac
+if $download && [ -n "$data_root" ]; then
+  echo "error: --data-root uses an existing copy; --download and --mirror fetch one" >&2
+  exit 2
+fi
+if $quick; then
+  [ "$strategy" = real ] || { echo "error: --quick trains conf/quick.yaml from scratch (strategy real)" >&2; exit 2; }
+  data=${data_dir:-data/quick} exp=${exp_dir:-exp/quick} conf=conf/quick.yaml
+  subset="--max-utterances 100"
+else
+  exp_default=exp
+  [ "$strategy" = "$default_strategy" ] || exp_default=exp/$strategy
+  data=${data_dir:-data} exp=${exp_dir:-$exp_default}
+  subset=
+fi
+# mixed: the synthetic corpus and FSDD's training takes, made by their recipes (conf/mixed.yaml)
+train_manifests=$data/train.jsonl
+[ "$strategy" = mixed ] && train_manifests+=,../synthetic/data/default/train.jsonl,../fsdd/data/train.jsonl
+mkdir -p "$data" "$exp"
+
+if run_stage 1 "manifests: train (6 speakers held out as dev), test; with speaker ages" "$data/.manifests.done"; then
+  if $download; then
+    corpus=(--download-dir "$data/download" ${mirror:+--mirror "$mirror"})
+  else
+    corpus=(--data-root "${data_root:-${SPEECHOCEAN762_ROOT:-$root/../shared/data/speechocean762}}")
+  fi
+  asr prepare speechocean762 "${corpus[@]}" --dev-speakers 6 $subset --out "$data"
+  touch "$data/.manifests.done"
+fi
+
+if run_stage 2 "global CMVN statistics (speechocean762 train, whatever the strategy)" "$exp/.cmvn.done"; then
+  asr compute-cmvn --manifest "$data/train.jsonl" --out "$exp/cmvn.pt"
+  touch "$exp/.cmvn.done"
+fi
+
+if run_stage 3 "train, strategy $strategy ($conf)" "$exp/.train.done"; then
+  for manifest in ${train_manifests//,/ }; do
+    [ -f "$manifest" ] || { echo "error: $manifest not found: its recipe's run.sh makes it (see $conf)" >&2; exit 1; }
+  done
+  if [ "$strategy" = finetune ] && [ ! -f ../synthetic/exp/final.pt ]; then
+    echo "error: --strategy finetune starts from ../synthetic/exp/final.pt; run recipes/synthetic/run.sh first" >&2
+    exit 1
+  fi
+  asr train --config "$conf" exp_dir="$exp" cmvn="$exp/cmvn.pt" \
+    data.train="$train_manifests" data.valid="$data/dev.jsonl"
+  touch "$exp/.train.done"
+fi
+
+if run_stage 4 "average the last 3 epochs -> $exp/final.pt" "$exp/.average.done"; then
+  asr average --exp-dir "$exp" --last 3 --out "$exp/final.pt"
+  touch "$exp/.average.done"
+fi
+
+if run_stage 5 "decode dev and test (greedy)" "$exp/.decode.done"; then
+  for split in dev test; do
+    mkdir -p "$exp/decode_$split"
+    asr decode --model "$exp/final.pt" --manifest "$data/$split.jsonl" --out "$exp/decode_$split/hyp.txt"
+  done
+  touch "$exp/.decode.done"
+fi
+
+# the committed RESULTS.md holds the comparison with other systems: copy our rows in by hand
+if run_stage 6 "score, children vs adults -> $exp/RESULTS.md" "$exp/.score.done"; then
+  for split in dev test; do
+    asr score "$data/$split.jsonl" "$exp/decode_$split/hyp.txt" --by age_group \
+      --alignments "$exp/decode_$split/alignments.txt" > "$exp/decode_$split/score.txt"
+  done
+  write_results "$exp/RESULTS.md" "speechocean762 recipe results (strategy $strategy)" "$exp" \
+    "recipes/speechocean762/run.sh$($quick && echo ' --quick' || true) --strategy $strategy" dev test
+  {
+    echo
+    echo "Test WER and CER by speaker age (children: 15 or younger, adults: 19 or older):"
+    echo
+    echo '```'
+    sed -n '/^by age_group:/,$p' "$exp/decode_test/score.txt"
+    echo '```'
+  } >> "$exp/RESULTS.md"
+  touch "$exp/.score.done"
+fi
+
+last_wer "$exp" test
