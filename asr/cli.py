@@ -149,8 +149,70 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare(verbs)
     _add_training(verbs)
     _add_score(verbs)
+    _add_language_model(verbs)
     _add_stream(verbs)
     return parser
+
+
+def _add_language_model(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("lm", help="word n-gram LM (modified Kneser-Ney, ARPA) from a manifest's transcripts")
+    p.add_argument("--manifest", required=True, help="training manifest (JSONL): only its text is read")
+    p.add_argument("--order", type=_positive_int, default=3, help="longest n-gram (default: 3)")
+    p.add_argument("--out", required=True, help="ARPA file to write")
+    p.set_defaults(func=_language_model)
+
+    p = verbs.add_parser("tune-lm", help="grid search of --lm-weight and --word-score for the lowest WER on a dev set")
+    p.add_argument("--model", required=True, help="checkpoint file")
+    p.add_argument("--manifest", required=True, help="dev manifest (JSONL)")
+    p.add_argument("--lm-weights", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0], metavar="W")
+    p.add_argument("--word-scores", type=float, nargs="+", default=[-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0], metavar="S")
+    p.add_argument("--out", metavar="FILE",
+                   help="write the best weights as decoding options, e.g. `--lm-weight 1.5 --word-score 3.0`, "
+                   "for `asr decode ... $(cat FILE)`")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    _add_beam_options(p)
+    p.set_defaults(func=_tune_lm)
+
+
+def _language_model(args: argparse.Namespace) -> int:
+    from asr.data.manifest import read_manifest
+    from asr.ngram import build_arpa
+    from asr.text import normalize_text
+
+    try:
+        sentences = [normalize_text(entry["text"])[0] for entry in read_manifest(args.manifest)]
+        counts = build_arpa(sentences, args.out, args.order)
+    except (OSError, ValueError) as err:
+        return _fail(err)
+    print(f"wrote {args.out}: " + ", ".join(f"{n} {k + 1}-grams" for k, n in enumerate(counts)))
+    return 0
+
+
+def _tune_lm(args: argparse.Namespace) -> int:
+    from asr.checkpoint import load_checkpoint
+    from asr.decoding import tune_lm_weights
+    from asr.transcribe import manifest_log_probs
+
+    options = _beam_options(args)
+    if options is None or options.lm is None:
+        return _fail(ValueError("tune-lm needs --lm ARPA"))
+    try:
+        log_probs, lengths, references = manifest_log_probs(args.model, args.manifest, args.device)
+        tokenizer = load_checkpoint(args.model).tokenizer
+        lm_weight, word_score, table = tune_lm_weights(
+            log_probs, lengths, references, tokenizer, options, args.lm_weights, args.word_scores
+        )
+    except (RuntimeError, OSError, ImportError, ValueError) as err:
+        return _fail(err)
+    print("lm_weight word_score WER")
+    for row in table:
+        print(f"{row[0]:9.2f} {row[1]:10.2f} {row[2]:.4f}")
+    best = f"--lm-weight {lm_weight} --word-score {word_score}"
+    print(f"best: {best} (dev WER {min(row[2] for row in table):.4f})")
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(best + "\n")
+    return 0
 
 
 def _add_training(verbs: argparse._SubParsersAction) -> None:
@@ -179,6 +241,9 @@ def _add_training(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--batch-size", type=_positive_int, default=1, metavar="N",
                    help="segments or short files run through the model together (default: 1)")
+    p.add_argument("--chunk-ms", type=_positive_int, metavar="MS",
+                   help="streaming models: stream each utterance through the recognizer in chunks of MS, "
+                   "endpointing included, as `asr stream` would (greedy)")
     _add_beam_options(p)
     p.set_defaults(func=_decode)
 
@@ -227,9 +292,13 @@ def _average(args: argparse.Namespace) -> int:
 def _decode(args: argparse.Namespace) -> int:
     from asr.transcribe import decode_manifest
 
+    if args.chunk_ms and _beam_options(args):
+        return _fail(ValueError("--chunk-ms streams with greedy decoding; beam search options need an offline decode"))
+
     try:
         failures = decode_manifest(
-            args.model, args.manifest, args.out, device=args.device, beam=_beam_options(args), batch_size=args.batch_size
+            args.model, args.manifest, args.out, device=args.device, beam=_beam_options(args),
+            batch_size=args.batch_size, chunk_ms=args.chunk_ms,
         )
     except (RuntimeError, OSError, ImportError, ValueError) as err:
         return _fail(err)

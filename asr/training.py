@@ -73,6 +73,9 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many batches, ending the last epoch early (the schedule spans them)
     seed: int = 0
     device: str = "auto"  # auto: cuda if available, else cpu
+    # auto: bf16 autocast on CUDA, float32 on CPU; "bf16" also on a CPU with AVX512-BF16 or AMX,
+    # where it trains about 1.4x faster (CTC loss and log-softmax stay in float32 either way)
+    precision: str = "auto"
     dither: float = 1e-4  # waveform dither in training (full scale = 1)
     cmvn: str | None = None  # stats file from `asr compute-cmvn`; computed from train if unset
     init_from: str | None = None  # checkpoint whose weights (and CMVN) start the training
@@ -86,11 +89,20 @@ class TrainConfig:
 # CMVN statistics
 
 
-def compute_cmvn_stats(manifest: str | os.PathLike, n_mels: int = 80, max_utterances: int | None = 2000) -> dict:
-    """Per-bin sum, sum of squares and frame count of log-mel features over (a sample of) a manifest."""
+def manifest_paths(manifests: str | os.PathLike | list[str]) -> list[str]:
+    """A list of manifests, or several in one comma-separated string, as a list of paths."""
+    if isinstance(manifests, (list, tuple)):
+        return [str(path) for path in manifests]
+    return [path.strip() for path in str(manifests).split(",")]
+
+
+def compute_cmvn_stats(manifests: str | os.PathLike | list[str], n_mels: int = 80,
+                       max_utterances: int | None = 2000) -> dict:
+    """Per-bin sum, sum of squares and frame count of log-mel features over (a sample of) the
+    utterances of one or several manifests (see :func:`manifest_paths`)."""
     from asr.audio import load_audio
 
-    entries = read_manifest(manifest)
+    entries = [entry for path in manifest_paths(manifests) for entry in read_manifest(path)]
     if max_utterances is not None and len(entries) > max_utterances:
         rng = random.Random(0)
         entries = rng.sample(entries, max_utterances)
@@ -180,9 +192,14 @@ class Trainer:
         else:
             self.device = torch.device(config.device)
         if self.device.type == "cuda":
+            if self.device.index is None:
+                self.device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(self.device)
             # cudnn.benchmark stays off: bucketed batches rarely repeat a shape, and timing the
             # algorithms for every new shape halves throughput (tools/bench_train.py --cudnn-benchmark)
+        if config.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16 or fp32, got {config.precision!r}")
+        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
         self.exp_dir = Path(config.exp_dir)
         self.exp_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
@@ -252,7 +269,7 @@ class Trainer:
             self.model.cmvn.set_stats(stats["sum"], stats["sum_sq"], stats["count"])
 
     def _load_entries(self, manifests: str | list[str], name: str, slowest_speed: float) -> list[dict]:
-        paths = [path.strip() for path in (manifests.split(",") if isinstance(manifests, str) else manifests)]
+        paths = manifest_paths(manifests)
         manifest = ", ".join(paths)  # for the messages
         entries = [entry for path in paths for entry in read_manifest(path)]
         kept, dropped = filter_for_ctc(entries, self.model.output_lengths, self.config.data.max_duration, slowest_speed)
@@ -318,8 +335,8 @@ class Trainer:
     def _train_step(self, batch) -> tuple[torch.Tensor, bool]:
         audio = batch.audio.to(self.device, non_blocking=True)
         lengths = batch.audio_lengths.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            feats, feat_lengths = self.frontend(audio, lengths)
+        feats, feat_lengths = self.frontend(audio, lengths)  # float32: log of small energies
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             log_probs, out_lengths = self.ddp_model(feats, feat_lengths)
         loss = torch.nn.functional.ctc_loss(
             log_probs.float().transpose(0, 1),

@@ -39,7 +39,7 @@ def score_of(path):
 @pytest.mark.slow
 @requires_espeak
 def test_synthetic_recipe_quick_runs_end_to_end(tmp_path):
-    result = run_recipe("synthetic", tmp_path)
+    result = run_recipe("synthetic", tmp_path, "--stop-stage", "10")
     last_line = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"WER test \d+\.\d+", last_line), last_line
     wer, cer = score_of(tmp_path / "exp" / "decode_test" / "score.txt")
@@ -48,11 +48,14 @@ def test_synthetic_recipe_quick_runs_end_to_end(tmp_path):
     # The optimisation works; a CER bar for the quick size waits on shortening CTC's
     # all-blank plateau within a CI-sized budget (issue #3).
     assert losses[-1] < losses[0]
-    assert (tmp_path / "exp" / "final.pt").is_file()
-    assert "| test |" in (tmp_path / "exp" / "RESULTS.md").read_text()
+    assert (tmp_path / "exp" / "final.pt").is_file() and (tmp_path / "exp" / "streaming.pt").is_file()
+    results = (tmp_path / "exp" / "RESULTS.md").read_text()
+    for row in ("test", "test_beam", "test_beam_lm", "test_streaming"):
+        assert f"| {row} | " in results
+    assert re.search(r"--lm-weight \S+ --word-score \S+", results)
 
     # idempotent: a second run skips every stage and prints the same last line
-    again = run_recipe("synthetic", tmp_path)
+    again = run_recipe("synthetic", tmp_path, "--stop-stage", "10")
     assert "done already" in again.stdout and again.stdout.strip().splitlines()[-1] == last_line
 
 

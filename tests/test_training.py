@@ -1,5 +1,6 @@
 """Loader and Trainer: bucketing, CTC filtering, non-finite guard, and exact resume after SIGKILL."""
 
+import math
 import json
 import signal
 import subprocess
@@ -200,3 +201,16 @@ def test_trainer_on_cuda(tmp_path):
     assert trainer.skipped_batches == 0 and math.isfinite(metrics["train_loss"])
     model = load_checkpoint(tmp_path / "exp" / "epoch-2.pt").build_model()
     assert next(model.parameters()).device.type == "cpu"
+
+
+def test_cmvn_stats_over_several_manifests(tmp_path):
+    from asr.training import compute_cmvn_stats
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, _ = make_manifest(tmp_path / "a", count=3, seed=1)
+    second, _ = make_manifest(tmp_path / "b", count=2, seed=2)
+    both = compute_cmvn_stats(f"{first},{second}", max_utterances=None)
+    one, other = compute_cmvn_stats(first), compute_cmvn_stats([str(second)])
+    assert both["count"] == one["count"] + other["count"]
+    assert torch.allclose(both["sum"], one["sum"] + other["sum"])

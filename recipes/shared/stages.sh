@@ -8,14 +8,14 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 [ -x "$root/.venv/bin/asr" ] && export PATH="$root/.venv/bin:$PATH"
 
 stage=1
-stop_stage=100
+stop_stage=${default_stop_stage:-100}  # a recipe may leave optional stages after its default last one
 quick=false
 data_dir=
 exp_dir=
 while [ $# -gt 0 ]; do
   case $1 in
     --stage) stage=$2; shift 2 ;;
-    --stop-stage) stop_stage=$2; shift 2 ;;
+    --stop-stage) stop_stage=$2; stop_given=true; shift 2 ;;
     --quick) quick=true; shift ;;
     --data) data_dir=$2; shift 2 ;;
     --exp) exp_dir=$2; shift 2 ;;
@@ -23,6 +23,8 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+# --stage N past the default last stage runs the optional stages from N on
+if [ -z "${stop_given:-}" ] && [ "$stage" -gt "$stop_stage" ]; then stop_stage=100; fi
 
 # run_stage N DESCRIPTION MARKER: true when stage N is selected and its marker is absent.
 run_stage() {
