@@ -31,7 +31,7 @@ if run_stage 2 "global CMVN statistics" "$exp/.cmvn.done"; then
 fi
 
 if run_stage 3 "train ($conf)" "$exp/.train.done"; then
-  asr train --config "$conf" exp_dir="$exp" cmvn="$exp/cmvn.pt" \
+  asr_train --config "$conf" exp_dir="$exp" cmvn="$exp/cmvn.pt" \
     data.train="$data/train.jsonl" data.valid="$data/dev.jsonl"
   touch "$exp/.train.done"
 fi

@@ -26,6 +26,14 @@ done
 # --stage N past the default last stage runs the optional stages from N on
 if [ -z "${stop_given:-}" ] && [ "$stage" -gt "$stop_stage" ]; then stop_stage=100; fi
 
+# asr_train --config FILE KEY=VALUE...: `asr train` on this machine's CPU cores. With two or
+# more, two processes (DDP over gloo, via torchrun) of half the cores each: small LSTM batches
+# train about 1.3x faster that way than in one process with twice the threads.
+asr_train() {
+  local ranks=$(( $(nproc) >= 2 ? 2 : 1 ))
+  torchrun --standalone --nproc_per_node "$ranks" -m asr train "$@" threads=$(( $(nproc) / ranks ))
+}
+
 # run_stage N DESCRIPTION MARKER: true when stage N is selected and its marker is absent.
 run_stage() {
   [ "$1" -ge "$stage" ] && [ "$1" -le "$stop_stage" ] || return 1

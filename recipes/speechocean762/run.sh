@@ -82,7 +82,7 @@ if run_stage 3 "train, strategy $strategy ($conf)" "$exp/.train.done"; then
     echo "error: --strategy finetune starts from ../synthetic/exp/final.pt; run recipes/synthetic/run.sh first" >&2
     exit 1
   fi
-  asr train --config "$conf" exp_dir="$exp" cmvn="$exp/cmvn.pt" \
+  asr_train --config "$conf" exp_dir="$exp" cmvn="$exp/cmvn.pt" \
     data.train="$train_manifests" data.valid="$data/dev.jsonl"
   touch "$exp/.train.done"
 fi

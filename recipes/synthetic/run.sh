@@ -44,14 +44,8 @@ if run_stage 3 "global CMVN statistics" "$exp/.cmvn.done"; then
   touch "$exp/.cmvn.done"
 fi
 
-# Two processes of one thread each (DDP over gloo; torchrun) train small LSTM batches about
-# 1.3x faster than one process with two threads. More cores go to each process as threads.
-ranks=$(( $(nproc) >= 2 ? 2 : 1 ))
-train=(torchrun --standalone --nproc_per_node "$ranks" -m asr train)
-threads=$(( $(nproc) / ranks ))
-
-if run_stage 4 "train ($conf, $ranks processes)" "$exp/.train.done"; then
-  "${train[@]}" --config "$conf" exp_dir="$exp" cmvn="$exp/cmvn.pt" threads=$threads \
+if run_stage 4 "train ($conf)" "$exp/.train.done"; then
+  asr_train --config "$conf" exp_dir="$exp" cmvn="$exp/cmvn.pt" \
     data.train="$data/train.jsonl" data.valid="$data/dev.jsonl"
   touch "$exp/.train.done"
 fi
@@ -103,7 +97,7 @@ fi
 # Not run by default (--stop-stage 10 or --stage 10 runs it): the streaming model for
 # `asr stream`, trained like the BiLSTM, decoded by streaming each test utterance in 160 ms chunks.
 if run_stage 10 "train the streaming GRU ($stream_conf) -> $exp/streaming.pt" "$exp/.streaming.done"; then
-  "${train[@]}" --config "$stream_conf" exp_dir="$exp/streaming" cmvn="$exp/cmvn.pt" threads=$threads \
+  asr_train --config "$stream_conf" exp_dir="$exp/streaming" cmvn="$exp/cmvn.pt" \
     data.train="$data/train.jsonl" data.valid="$data/dev.jsonl"
   asr average --exp-dir "$exp/streaming" --last 2 --out "$exp/streaming.pt"
   mkdir -p "$exp/decode_test_streaming"
