@@ -166,6 +166,9 @@ def _add_language_model(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--manifest", required=True, help="dev manifest (JSONL)")
     p.add_argument("--lm-weights", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0], metavar="W")
     p.add_argument("--word-scores", type=float, nargs="+", default=[-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0], metavar="S")
+    p.add_argument("--sample", type=_positive_int, metavar="N",
+                   help="tune on a random sample of N utterances (seeded): beam search with the LM costs "
+                   "a fraction of a second per utterance and grid point")
     p.add_argument("--out", metavar="FILE",
                    help="write the best weights as decoding options, e.g. `--lm-weight 1.5 --word-score 3.0`, "
                    "for `asr decode ... $(cat FILE)`")
@@ -197,7 +200,7 @@ def _tune_lm(args: argparse.Namespace) -> int:
     if options is None or options.lm is None:
         return _fail(ValueError("tune-lm needs --lm ARPA"))
     try:
-        log_probs, lengths, references = manifest_log_probs(args.model, args.manifest, args.device)
+        log_probs, lengths, references = manifest_log_probs(args.model, args.manifest, args.device, args.sample)
         tokenizer = load_checkpoint(args.model).tokenizer
         lm_weight, word_score, table = tune_lm_weights(
             log_probs, lengths, references, tokenizer, options, args.lm_weights, args.word_scores

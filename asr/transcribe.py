@@ -342,11 +342,13 @@ def _stream_files(
 
 @torch.inference_mode()
 def manifest_log_probs(
-    checkpoint: str | os.PathLike, manifest: str | os.PathLike, device: str = "cpu"
+    checkpoint: str | os.PathLike, manifest: str | os.PathLike, device: str = "cpu", sample: int | None = None
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[str]]:
-    """The model's log-probs for every utterance of a manifest, one ``(1, frames, vocab)`` tensor
-    and ``(1,)`` length each, with the normalised references: the input of
-    :func:`asr.decoding.tune_lm_weights`, computed once for the whole grid."""
+    """The model's log-probs for every utterance of a manifest (or a random ``sample`` of them,
+    seeded), one ``(1, frames, vocab)`` tensor and ``(1,)`` length each, with the normalised
+    references: the input of :func:`asr.decoding.tune_lm_weights`, computed once for the grid."""
+    import random
+
     from tqdm import tqdm
 
     from asr.audio import load_audio
@@ -355,7 +357,10 @@ def manifest_log_probs(
 
     transcriber = Transcriber(checkpoint, device=device)
     log_probs, lengths, references = [], [], []
-    for entry in tqdm(read_manifest(manifest), desc="log-probs", unit="utt", mininterval=2.0):
+    entries = read_manifest(manifest)
+    if sample is not None and sample < len(entries):
+        entries = random.Random(0).sample(entries, sample)
+    for entry in tqdm(entries, desc="log-probs", unit="utt", mininterval=2.0):
         audio = load_audio(entry["audio"]).to(transcriber.device)
         feats, feat_lengths = transcriber.frontend(audio[None], torch.tensor([len(audio)], device=transcriber.device))
         out, out_lengths = transcriber.model(feats, feat_lengths)

@@ -16,11 +16,11 @@ source ../shared/stages.sh
 
 if $quick; then
   data=${data_dir:-data/quick} exp=${exp_dir:-exp/quick} conf=conf/quick.yaml stream_conf=conf/gru_streaming_quick.yaml
-  tune_grid="--lm-weights 0.5 1.5 --word-scores 0 3"
+  tune_grid="--lm-weights 0.5 1.5 --word-scores 0 3 --sample 30"
   corpus_args="--train-sentences 600 --dev-sentences 60 --test-sentences 100 --train-speakers 40 --dev-speakers 4 --test-speakers 6"
 else
   data=${data_dir:-data/default} exp=${exp_dir:-exp} conf=conf/blstm_ctc.yaml stream_conf=conf/gru_streaming.yaml
-  tune_grid=
+  tune_grid="--lm-weights 0.5 1.0 1.5 2.0 --word-scores 0 1 2 3 4 --sample 100"
   corpus_args="--train-sentences 9000 --dev-sentences 200 --test-sentences 300 --train-speakers 200 --dev-speakers 8 --test-speakers 8"
 fi
 mkdir -p "$data" "$exp"
