@@ -20,7 +20,7 @@ if $quick; then
   corpus_args="--train-sentences 600 --dev-sentences 60 --test-sentences 100 --train-speakers 40 --dev-speakers 4 --test-speakers 6"
 else
   data=${data_dir:-data/default} exp=${exp_dir:-exp} conf=conf/blstm_ctc.yaml stream_conf=conf/gru_streaming.yaml
-  tune_grid="--lm-weights 0.5 1.0 1.5 2.0 --word-scores 0 1 2 3 4 --sample 100"
+  tune_grid="--lm-weights 0.5 1.0 1.5 --word-scores 1 2.5 4 --sample 60"
   corpus_args="--train-sentences 9000 --dev-sentences 200 --test-sentences 300 --train-speakers 200 --dev-speakers 8 --test-speakers 8"
 fi
 mkdir -p "$data" "$exp"
