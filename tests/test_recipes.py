@@ -79,7 +79,7 @@ def test_speechocean762_recipe_quick_runs_end_to_end(tmp_path):
     assert re.fullmatch(r"WER test \d+\.\d+", last_line), last_line
     assert (tmp_path / "exp" / "final.pt").is_file()
     results = (tmp_path / "exp" / "RESULTS.md").read_text()
-    assert "| test |" in results and "| dev |" in results
-    breakdown = results[results.index("Test WER and CER by speaker age"):]
+    assert "| test |" in results and "| dev |" in results and "| test_beam_lm |" in results
+    breakdown = results[results.index("test: WER and CER by speaker age"):]
     assert re.search(r"^  adult  WER \d\.\d{4}  CER \d\.\d{4}  \(\d+ utterances", breakdown, re.M)
     assert re.search(r"^  child  WER \d\.\d{4}  CER \d\.\d{4}  \(\d+ utterances", breakdown, re.M)
