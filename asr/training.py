@@ -378,8 +378,8 @@ class Trainer:
         metrics: dict = {}
         self._log(
             f"training {self.total_steps} steps ({config.epochs} epochs x {self.steps_per_epoch} batches"
-            f"{', stopped at max_steps' if self.total_steps < config.epochs * self.steps_per_epoch else ''}"
-            f"{f' x {self.world_size} ranks' if self.world_size > 1 else ''}) on {self.device}"
+            f"{f' x {self.world_size} ranks' if self.world_size > 1 else ''}"
+            f"{', ending at max_steps' if self.total_steps < config.epochs * self.steps_per_epoch else ''}) on {self.device}"
         )
         while self.epoch < config.epochs and self.step < self.total_steps:
             self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch)
