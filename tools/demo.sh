@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# The newcomer's main job: set up, train the synthetic recipe end to end (about 30 minutes on
-# 2 CPU cores), then transcribe an unseen test utterance and show it next to its reference.
+# The newcomer's main job: set up, train the synthetic recipe end to end (21 minutes measured
+# on 2 CPU cores from a fresh clone), then transcribe an unseen test utterance, greedily and
+# with the recipe's word LM, and show it next to its reference.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
 bash recipes/synthetic/run.sh "$@"
 
 manifest=recipes/synthetic/data/default/test.jsonl
-model=recipes/synthetic/exp/final.pt
+exp=recipes/synthetic/exp
 if [[ " $* " == *" --quick "* ]]; then
   manifest=recipes/synthetic/data/quick/test.jsonl
-  model=recipes/synthetic/exp/quick/final.pt
+  exp=recipes/synthetic/exp/quick
 fi
 read -r audio reference < <(.venv/bin/python -c "import json,sys; e=json.loads(open(sys.argv[1]).readline()); print(e['audio'], e['text'])" "$manifest")
 echo
-echo "== asr transcribe --model $model $audio"
-.venv/bin/asr transcribe --model "$model" "$audio"
+echo "== asr transcribe --model $exp/final.pt $audio"
+.venv/bin/asr transcribe --model "$exp/final.pt" "$audio"
+lm_options="--lm $exp/lm/3gram.arpa $(cat "$exp/lm/weights.args")"
+echo "== the same with the word LM: asr transcribe --model $exp/final.pt $lm_options $audio"
+.venv/bin/asr transcribe --model "$exp/final.pt" $lm_options "$audio"
 echo "reference: $reference"
