@@ -3,13 +3,15 @@
 # (Zhang et al., Interspeech 2021; OpenSLR 101; free for commercial and non-commercial use),
 # read from ../shared/data/speechocean762 (see its ATTRIBUTION.md; nothing is copied here).
 # Official split: train 125 speakers (6 held out as dev), test 125 other speakers.
-# manifests -> CMVN -> BiLSTM-CTC -> average -> greedy decoding -> WER, children vs adults.
+# manifests -> CMVN -> BiLSTM-CTC -> average -> greedy decoding -> word 3-gram LM from the
+# training prompts -> beam search + LM -> WER, children vs adults.
 #
 #   ./run.sh [--stage N] [--stop-stage M] [--quick] [--data DIR] [--exp DIR]
 #            [--strategy real|finetune|mixed] [--data-root DIR | --download [--mirror URL]]
 #
-# --strategy real: from scratch on speechocean762 (conf/blstm_ctc.yaml); finetune: from the
-# synthetic recipe's model (conf/finetune.yaml); mixed: speechocean762 + synthetic + FSDD
+# --strategy finetune (default, the best at equal budget, RESULTS.md): from the synthetic
+# recipe's model (conf/finetune.yaml; run recipes/synthetic/run.sh first); real: from scratch on
+# speechocean762 (conf/blstm_ctc.yaml); mixed: speechocean762 + synthetic + FSDD
 # (conf/mixed.yaml). The default strategy's model is exp/final.pt, the others' exp/<strategy>/.
 # --data-root: the corpus folder (default: SPEECHOCEAN762_ROOT or ../../../shared/data/speechocean762);
 # --download: fetch OpenSLR's tarball into DATA/download instead (--mirror: another base URL).
@@ -18,9 +20,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-default_strategy=real
+default_strategy=finetune
 # this recipe's options; the others are ../shared/stages.sh's
-strategy=$default_strategy data_root= download=false mirror=
+strategy= data_root= download=false mirror=
 shared=()
 while [ $# -gt 0 ]; do
   case $1 in
@@ -33,6 +35,9 @@ while [ $# -gt 0 ]; do
 done
 set -- "${shared[@]}"
 source ../shared/stages.sh
+# --quick trains conf/quick.yaml from scratch: strategy real unless another is asked for (an error)
+$quick && strategy=${strategy:-real}
+strategy=${strategy:-$default_strategy}
 
 case $strategy in
   real) conf=conf/blstm_ctc.yaml ;;
