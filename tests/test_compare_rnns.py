@@ -13,7 +13,10 @@ TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
 def _load_tool(name):
-    # tools/ is not a package. dataclasses need the module in sys.modules.
+    # tools/ is not a package. dataclasses need the module in sys.modules; a module another test
+    # loaded already is reused (a second copy would break pickling of the first one's functions)
+    if name in sys.modules:
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
