@@ -27,8 +27,11 @@ done
 if [ -z "${stop_given:-}" ] && [ "$stage" -gt "$stop_stage" ]; then stop_stage=100; fi
 
 # asr_train --config FILE KEY=VALUE...: `asr train` on this machine's CPU cores. With two or
-# more, two processes (DDP over gloo, via torchrun) of half the cores each: small LSTM batches
-# train about 1.3x faster that way than in one process with twice the threads.
+# more, two processes (DDP over gloo, via torchrun) of half the cores each. In float32 this
+# trained 1.3x the audio per second of one process with two threads (107 + 111 against 165
+# audio-s/s); in bf16 the two are about even (219-234 against 241-250 audio-s/s on 2 cores), and
+# one process makes twice the updates per second of audio: which learns faster per minute is
+# open (see recipes/synthetic/RESULTS.md).
 asr_train() {
   local ranks=$(( $(nproc) >= 2 ? 2 : 1 ))
   torchrun --standalone --nproc_per_node "$ranks" -m asr train "$@" threads=$(( $(nproc) / ranks ))
