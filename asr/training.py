@@ -369,6 +369,10 @@ class Trainer:
             generator=torch.Generator(),  # keeps loader start-up off the global RNG (exact resume)
             prefetch_factor=4 if self.config.data.num_workers > 0 else None,
             persistent_workers=False,
+            # Forking a worker from a process whose gloo threads are live can deadlock the
+            # worker at birth (seen at an epoch start under torchrun on CPU): start workers from
+            # a clean fork server instead.
+            multiprocessing_context="forkserver" if self.world_size > 1 and self.config.data.num_workers > 0 else None,
         )
 
     def fit(self) -> dict:
