@@ -263,12 +263,18 @@ def _train(args: argparse.Namespace) -> int:
     from asr.config import load_config
     from asr.training import TrainConfig, Trainer
 
+    import torch.distributed as dist
+
     try:
         config = load_config(TrainConfig, args.config, args.overrides)
         metrics = Trainer(config).fit()
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    finally:
+        # under torchrun: shut gloo/NCCL down before exit, or its threads can abort the process
+        if dist.is_initialized():
+            dist.destroy_process_group()
     print(" ".join(f"{k}={v}" for k, v in metrics.items()))
     return 0
 
