@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,3 +70,14 @@ def serve(files: dict[str, bytes]) -> Iterator[ThreadingHTTPServer]:
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def tar_gz(files: dict[str, bytes]) -> bytes:
+    """A .tar.gz archive in memory holding ``files`` (archive path -> bytes), for the server to serve."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()

@@ -2,7 +2,6 @@
 
 import hashlib
 import io
-import tarfile
 
 import numpy as np
 import pytest
@@ -19,7 +18,7 @@ from asr.data.librispeech import (
     read_md5sums,
 )
 from asr.data.manifest import read_manifest
-from httpserver import serve
+from httpserver import serve, tar_gz
 
 TRANSCRIPTS = {
     "19-198-0000": "NORTHANGER ABBEY",
@@ -30,16 +29,6 @@ TRANSCRIPTS = {
 
 def _md5(data: bytes) -> str:
     return hashlib.md5(data).hexdigest()
-
-
-def _tar_gz(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def _fake_dev_clean() -> bytes:
@@ -53,7 +42,7 @@ def _fake_dev_clean() -> bytes:
         files[f"LibriSpeech/dev-clean/19/198/{utt_id}.flac"] = flac.getvalue()
     trans = "".join(f"{u} {t}\n" for u, t in TRANSCRIPTS.items())
     files["LibriSpeech/dev-clean/19/198/19-198.trans.txt"] = trans.encode()
-    return _tar_gz(files)
+    return tar_gz(files)
 
 
 ARCHIVE = _fake_dev_clean()
@@ -146,7 +135,7 @@ def test_missing_checksum_warns_unverified(server, tmp_path):
 
 
 def test_unsafe_archive_is_refused(server, tmp_path):
-    server.files["12/dev-clean.tar.gz"] = evil = _tar_gz({"../escaped.txt": b"outside"})
+    server.files["12/dev-clean.tar.gz"] = evil = tar_gz({"../escaped.txt": b"outside"})
     with pytest.raises(DownloadError, match="cannot extract"):
         download_librispeech(tmp_path / "data", ["dev-clean"], mirror=server.url,
                              checksums={"12/dev-clean.tar.gz": _md5(evil)}, progress=False)

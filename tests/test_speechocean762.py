@@ -4,7 +4,6 @@ local HTTP server (never the internet); `asr prepare speechocean762`."""
 import hashlib
 import io
 import json
-import tarfile
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from asr.cli import main
 from asr.data.librispeech import ChecksumError, DownloadError
 from asr.data.manifest import read_manifest
 from asr.data.speechocean762 import download_speechocean762, prepare_speechocean762
-from httpserver import serve
+from httpserver import serve, tar_gz
 
 # speaker -> (age, utterance ids); 0001 and 0003 are children, 1027 and 1029 adults
 TRAIN = {"0001": (6, ["000010011", "000010035"]), "0003": (15, ["000030012"]),
@@ -119,18 +118,8 @@ def test_missing_corpus_is_a_one_line_error(tmp_path, capsys):
     )
 
 
-def _tar_gz(files: dict[str, bytes]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 # OpenSLR's tarball: one speechocean762/ folder with 16 kHz WAV files
-ARCHIVE = _tar_gz({f"speechocean762/{path}": data for path, data in corpus_files("WAV").items()})
+ARCHIVE = tar_gz({f"speechocean762/{path}": data for path, data in corpus_files("WAV").items()})
 MD5 = hashlib.md5(ARCHIVE).hexdigest()
 
 
@@ -173,7 +162,7 @@ def test_corrupt_download_is_rejected(server, tmp_path, capsys):
 
 
 def test_archive_without_the_corpus_is_refused(server, tmp_path):
-    server.files["101/speechocean762.tar.gz"] = other = _tar_gz({"something/else.txt": b"hello"})
+    server.files["101/speechocean762.tar.gz"] = other = tar_gz({"something/else.txt": b"hello"})
     with pytest.raises(DownloadError, match="archive holds no speechocean762/train/wav.scp"):
         download_speechocean762(tmp_path, server.url, checksum=hashlib.md5(other).hexdigest(), progress=False)
     assert not (tmp_path / "speechocean762.done").exists()
