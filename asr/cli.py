@@ -220,6 +220,15 @@ def _tune_lm(args: argparse.Namespace) -> int:
 
 
 def _add_training(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("cache-audio", help="decode a manifest's audio once to 16 kHz FLAC (optionally speed-perturbed copies)")
+    p.add_argument("--manifest", required=True, help="input manifest (JSONL)")
+    p.add_argument("--out-dir", required=True, help="folder for the FLAC copies")
+    p.add_argument("--out", required=True, help="manifest of the copies (JSONL)")
+    p.add_argument("--speeds", type=float, nargs="+", default=[1.0],
+                   help="one copy per speed, e.g. 0.9 1.0 1.1 (Kaldi-style speed perturbation; default: 1.0)")
+    p.add_argument("--jobs", type=int, help="parallel processes (default: one per CPU)")
+    p.set_defaults(func=_cache_audio)
+
     p = verbs.add_parser("compute-cmvn", help="global mean/variance statistics of a training manifest")
     p.add_argument("--manifest", required=True, help="training manifest (JSONL)")
     p.add_argument("--out", required=True, help="statistics file, e.g. exp/cmvn.pt")
@@ -250,6 +259,21 @@ def _add_training(verbs: argparse._SubParsersAction) -> None:
                    "endpointing included, as `asr stream` would (greedy)")
     _add_beam_options(p)
     p.set_defaults(func=_decode)
+
+
+def _cache_audio(args: argparse.Namespace) -> int:
+    from asr.audio import AudioError
+    from asr.data.manifest import cache_audio, read_manifest, write_manifest
+
+    try:
+        copies = cache_audio(read_manifest(args.manifest), args.out_dir, args.speeds, args.jobs)
+    except (AudioError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    write_manifest(args.out, copies)
+    hours = sum(entry["duration"] for entry in copies) / 3600
+    print(f"wrote {len(copies)} entries ({hours:.2f} h) to {args.out}")
+    return 0
 
 
 def _compute_cmvn(args: argparse.Namespace) -> int:

@@ -1,10 +1,15 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
+from asr.audio import load_audio
+from asr.data.loader import change_speed
 from asr.data.manifest import (
+    cache_audio,
     EMPTY_AUDIO,
     EMPTY_TEXT,
     MISSING_AUDIO,
@@ -146,3 +151,29 @@ def test_cli_prepare_librispeech_tree(planted_tree, tmp_path, capsys):
     assert [e["id"] for e in read_manifest(tmp_path / "m.jsonl")] == ["1-2-0000", "1-2-0001", "3-4-0000"]
     out = capsys.readouterr().out
     assert "kept 3 of 10 entries, dropped 7" in out and "wrote 3 entries" in out
+
+
+def test_cache_audio_decodes_once_with_speed_copies(tmp_path):
+    """Copies hold the audio the loader would compute (16-bit FLAC rounding aside), speed
+    copies are renamed as other speakers, and a second run reuses the files it finds."""
+    rng = np.random.default_rng(0)
+    audio = (0.3 * np.sin(2 * np.pi * 220 * np.arange(24000) / 16000) + 0.01 * rng.standard_normal(24000)).astype("float32")
+    sf.write(tmp_path / "a.ogg", audio, 16000, format="OGG", subtype="OPUS")
+    entry = {"id": "u1", "audio": str(tmp_path / "a.ogg"), "duration": 1.5, "text": "HI", "speaker": "s1", "age": 7}
+    copies = cache_audio([entry], tmp_path / "flac", speeds=(0.9, 1.0, 1.1), jobs=1)
+
+    assert [c["id"] for c in copies] == ["sp0.9-u1", "u1", "sp1.1-u1"]
+    assert [c["speaker"] for c in copies] == ["sp0.9-s1", "s1", "sp1.1-s1"]
+    assert all(c["age"] == 7 and c["text"] == "HI" and c["audio"].endswith(".flac") for c in copies)
+    source = load_audio(entry["audio"])
+    for copy, speed in zip(copies, (0.9, 1.0, 1.1)):
+        expected = change_speed(source, speed)
+        decoded = load_audio(copy["audio"])
+        assert copy["duration"] == pytest.approx(len(expected) / 16000, abs=1e-3)
+        assert copy["duration"] == pytest.approx(1.5 / speed, rel=0.01)
+        assert torch.allclose(decoded, expected, atol=1.0 / 2**15 + 1e-6)
+
+    before = [Path(c["audio"]).stat().st_mtime_ns for c in copies]
+    again = cache_audio([entry], tmp_path / "flac", speeds=(0.9, 1.0, 1.1), jobs=1)
+    assert again == copies
+    assert [Path(c["audio"]).stat().st_mtime_ns for c in again] == before

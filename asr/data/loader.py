@@ -38,13 +38,18 @@ def _item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
 
 
+def change_speed(audio: torch.Tensor, speed: float) -> torch.Tensor:
+    """Play a 16 kHz waveform ``(samples,)`` ``speed`` times faster (tempo and pitch, as a tape does)."""
+    if speed == 1.0:
+        return audio
+    # resampling 16 kHz audio to 16/speed kHz and playing it at 16 kHz changes its speed
+    return AF.resample(audio, int(SAMPLE_RATE * speed), SAMPLE_RATE)
+
+
 def augment_waveform(audio: torch.Tensor, config: AugmentConfig, rng: np.random.Generator) -> torch.Tensor:
     """Apply :class:`AugmentConfig` to one mono 16 kHz waveform ``(samples,)``."""
     if config.speed_perturb:
-        speed = SPEEDS[rng.integers(len(SPEEDS))]
-        if speed != 1.0:
-            # resampling 16 kHz audio to 16/speed kHz and playing it at 16 kHz changes its speed
-            audio = AF.resample(audio, int(SAMPLE_RATE * speed), SAMPLE_RATE)
+        audio = change_speed(audio, SPEEDS[rng.integers(len(SPEEDS))])
     if config.lowpass_prob > 0 and rng.random() < config.lowpass_prob:
         audio = AF.resample(AF.resample(audio, SAMPLE_RATE, 8000), 8000, SAMPLE_RATE)
     if config.noise_prob > 0 and rng.random() < config.noise_prob:
