@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The newcomer's main job: set up, train the synthetic recipe end to end (21 minutes measured
+# The newcomer's main job: set up, train the synthetic recipe end to end (16.5 minutes measured
 # on 2 CPU cores from a fresh clone), then transcribe an unseen test utterance, greedily and
 # with the recipe's word LM, and show it next to its reference.
 set -euo pipefail

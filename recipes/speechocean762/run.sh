@@ -66,13 +66,21 @@ train_manifests=$data/train.jsonl
 [ "$strategy" = mixed ] && train_manifests+=,../synthetic/data/default/train.jsonl,../fsdd/data/train.jsonl
 mkdir -p "$data" "$exp"
 
-if run_stage 1 "manifests: train (6 speakers held out as dev), test; with speaker ages" "$data/.manifests.done"; then
+# Each Ogg Opus file is decoded once to FLAC in $data/audio, the training split also at 0.9x
+# and 1.1x speed (offline speed perturbation; the configs turn the on-the-fly one off), so the
+# data loader does not decode and resample every epoch on CPU cores the model needs.
+if run_stage 1 "manifests (6 training speakers held out as dev; speaker ages); audio decoded once to FLAC" "$data/.manifests.done"; then
   if $download; then
     corpus=(--download-dir "$data/download" ${mirror:+--mirror "$mirror"})
   else
     corpus=(--data-root "${data_root:-${SPEECHOCEAN762_ROOT:-$root/../shared/data/speechocean762}}")
   fi
-  asr prepare speechocean762 "${corpus[@]}" --dev-speakers 6 $subset --out "$data"
+  asr prepare speechocean762 "${corpus[@]}" --dev-speakers 6 $subset --out "$data/original"
+  asr cache-audio --manifest "$data/original/train.jsonl" --speeds 0.9 1.0 1.1 \
+    --out-dir "$data/audio" --out "$data/train.jsonl"
+  for split in dev test; do
+    asr cache-audio --manifest "$data/original/$split.jsonl" --out-dir "$data/audio" --out "$data/$split.jsonl"
+  done
   touch "$data/.manifests.done"
 fi
 
