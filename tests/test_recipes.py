@@ -74,12 +74,15 @@ def test_fsdd_recipe_quick_learns(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not SPEECHOCEAN762.is_dir(), reason=f"speechocean762 not found at {SPEECHOCEAN762}")
 def test_speechocean762_recipe_quick_runs_end_to_end(tmp_path):
-    result = run_recipe("speechocean762", tmp_path)
+    result = run_recipe("speechocean762", tmp_path, "--stop-stage", "8")
     last_line = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"WER test \d+\.\d+", last_line), last_line
-    assert (tmp_path / "exp" / "final.pt").is_file()
+    assert (tmp_path / "exp" / "final.pt").is_file() and (tmp_path / "exp" / "streaming.pt").is_file()
+    manifest = (tmp_path / "data" / "train.jsonl").read_text()
+    assert '"id": "sp0.9-' in manifest and '"id": "sp1.1-' in manifest and ".flac" in manifest
     results = (tmp_path / "exp" / "RESULTS.md").read_text()
     assert "| test |" in results and "| dev |" in results and "| test_beam_lm |" in results
+    assert re.search(r"streamed in 160 ms chunks \(stage 8\):\n\n```\nWER \d\.\d{4}", results)
     breakdown = results[results.index("test: WER and CER by speaker age"):]
     assert re.search(r"^  adult  WER \d\.\d{4}  CER \d\.\d{4}  \(\d+ utterances", breakdown, re.M)
     assert re.search(r"^  child  WER \d\.\d{4}  CER \d\.\d{4}  \(\d+ utterances", breakdown, re.M)
