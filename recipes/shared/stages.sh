@@ -66,6 +66,19 @@ gpus() {
   echo "${names:-no GPU}"
 }
 
+# train_streaming CONF EXP DATA LAST: the streaming GRU of CONF trained on DATA/train.jsonl in
+# EXP/streaming (CMVN from EXP/cmvn.pt), its last LAST epochs averaged into EXP/streaming.pt, and
+# DATA/test.jsonl decoded streamed in 160 ms chunks into EXP/decode_test_streaming/hyp.txt.
+train_streaming() {
+  local conf=$1 exp=$2 data=$3 last=$4
+  asr_train --config "$conf" exp_dir="$exp/streaming" cmvn="$exp/cmvn.pt" \
+    data.train="$data/train.jsonl" data.valid="$data/dev.jsonl"
+  asr average --exp-dir "$exp/streaming" --last "$last" --out "$exp/streaming.pt"
+  mkdir -p "$exp/decode_test_streaming"
+  asr decode --model "$exp/streaming.pt" --manifest "$data/test.jsonl" --chunk-ms 160 \
+    --out "$exp/decode_test_streaming/hyp.txt"
+}
+
 # write_results FILE TITLE EXP COMMAND SPLIT...: a RESULTS.md table from the score files.
 write_results() {
   local file=$1 title=$2 exp=$3 command=$4; shift 4

@@ -154,12 +154,7 @@ if run_stage 7 "score, children vs adults -> $exp/RESULTS.md" "$exp/.score.done"
 fi
 
 if run_stage 8 "train the streaming GRU ($stream_conf) -> $exp/streaming.pt; decode streamed" "$exp/.streaming.done"; then
-  asr_train --config "$stream_conf" exp_dir="$exp/streaming" cmvn="$exp/cmvn.pt" \
-    data.train="$data/train.jsonl" data.valid="$data/dev.jsonl"
-  asr average --exp-dir "$exp/streaming" --last 3 --out "$exp/streaming.pt"
-  mkdir -p "$exp/decode_test_streaming"
-  asr decode --model "$exp/streaming.pt" --manifest "$data/test.jsonl" --chunk-ms 160 \
-    --out "$exp/decode_test_streaming/hyp.txt"
+  train_streaming "$stream_conf" "$exp" "$data" 3
   asr score "$data/test.jsonl" "$exp/decode_test_streaming/hyp.txt" --by age_group \
     --alignments "$exp/decode_test_streaming/alignments.txt" > "$exp/decode_test_streaming/score.txt"
   {

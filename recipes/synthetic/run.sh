@@ -97,12 +97,7 @@ fi
 # Not run by default (--stop-stage 10 or --stage 10 runs it): the streaming model for
 # `asr stream`, trained like the BiLSTM, decoded by streaming each test utterance in 160 ms chunks.
 if run_stage 10 "train the streaming GRU ($stream_conf) -> $exp/streaming.pt" "$exp/.streaming.done"; then
-  asr_train --config "$stream_conf" exp_dir="$exp/streaming" cmvn="$exp/cmvn.pt" \
-    data.train="$data/train.jsonl" data.valid="$data/dev.jsonl"
-  asr average --exp-dir "$exp/streaming" --last 2 --out "$exp/streaming.pt"
-  mkdir -p "$exp/decode_test_streaming"
-  asr decode --model "$exp/streaming.pt" --manifest "$data/test.jsonl" --chunk-ms 160 \
-    --out "$exp/decode_test_streaming/hyp.txt"
+  train_streaming "$stream_conf" "$exp" "$data" 2
   score_splits "$exp" "$data" test_streaming
   {
     echo
