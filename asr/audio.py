@@ -34,6 +34,19 @@ def resample(audio: torch.Tensor, orig_rate: int, new_rate: int = SAMPLE_RATE) -
     return AF.resample(audio, orig_rate, new_rate)
 
 
+def change_speed(audio: torch.Tensor, speed: float) -> torch.Tensor:
+    """Play a 16 kHz waveform ``(samples,)`` ``speed`` times faster (tempo and pitch, as a tape does)."""
+    if speed == 1.0:
+        return audio
+    # resampling 16 kHz audio to 16/speed kHz and playing it at 16 kHz changes its speed
+    return AF.resample(audio, int(SAMPLE_RATE * speed), SAMPLE_RATE)
+
+
+def lowpass(audio: torch.Tensor, cutoff_hz: float) -> torch.Tensor:
+    """A second-order low-pass filter of a 16 kHz waveform ``(samples,)``."""
+    return AF.lowpass_biquad(audio, SAMPLE_RATE, cutoff_hz)
+
+
 def _open(path: str | os.PathLike) -> sf.SoundFile:
     path = Path(path)
     if not path.exists():

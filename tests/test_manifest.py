@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 
 from asr.audio import load_audio
-from asr.data.loader import change_speed
+from asr.audio import change_speed
 from asr.data.manifest import (
     cache_audio,
     EMPTY_AUDIO,

@@ -13,10 +13,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torchaudio.functional as AF
 from torch.utils.data import Dataset, Sampler
 
-from asr.audio import SAMPLE_RATE, AudioError, load_audio
+from asr.audio import SAMPLE_RATE, AudioError, change_speed, load_audio, lowpass, resample
 from asr.features import num_frames
 from asr.text import Tokenizer, UnknownCharactersError
 
@@ -38,26 +37,18 @@ def _item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
 
 
-def change_speed(audio: torch.Tensor, speed: float) -> torch.Tensor:
-    """Play a 16 kHz waveform ``(samples,)`` ``speed`` times faster (tempo and pitch, as a tape does)."""
-    if speed == 1.0:
-        return audio
-    # resampling 16 kHz audio to 16/speed kHz and playing it at 16 kHz changes its speed
-    return AF.resample(audio, int(SAMPLE_RATE * speed), SAMPLE_RATE)
-
-
 def augment_waveform(audio: torch.Tensor, config: AugmentConfig, rng: np.random.Generator) -> torch.Tensor:
     """Apply :class:`AugmentConfig` to one mono 16 kHz waveform ``(samples,)``."""
     if config.speed_perturb:
         audio = change_speed(audio, SPEEDS[rng.integers(len(SPEEDS))])
     if config.lowpass_prob > 0 and rng.random() < config.lowpass_prob:
-        audio = AF.resample(AF.resample(audio, SAMPLE_RATE, 8000), 8000, SAMPLE_RATE)
+        audio = resample(resample(audio, SAMPLE_RATE, 8000), 8000)
     if config.noise_prob > 0 and rng.random() < config.noise_prob:
         snr = rng.uniform(*config.noise_snr_db)
         noise = torch.from_numpy(rng.standard_normal(len(audio)).astype(np.float32))
         if rng.random() < 0.5:  # brown-ish noise: more like rooms and fans than white hiss
             noise = torch.cumsum(noise, 0)
-            noise = noise - AF.lowpass_biquad(noise, SAMPLE_RATE, 20.0)
+            noise = noise - lowpass(noise, 20.0)
         power = audio.pow(2).mean().clamp_min(1e-10)
         noise = noise * torch.sqrt(power / noise.pow(2).mean().clamp_min(1e-10) / 10 ** (snr / 10))
         audio = audio + noise

@@ -265,7 +265,7 @@ def _write_copy(job: tuple[str, float, str]) -> float:
     import torch
 
     from asr.audio import SAMPLE_RATE
-    from asr.data.loader import change_speed
+    from asr.audio import change_speed
 
     source, speed, target = job
     if os.path.exists(target):
