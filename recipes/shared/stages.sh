@@ -66,13 +66,14 @@ gpus() {
   echo "${names:-no GPU}"
 }
 
-# train_streaming CONF EXP DATA LAST: the streaming GRU of CONF trained on DATA/train.jsonl in
-# EXP/streaming (CMVN from EXP/cmvn.pt), its last LAST epochs averaged into EXP/streaming.pt, and
-# DATA/test.jsonl decoded streamed in 160 ms chunks into EXP/decode_test_streaming/hyp.txt.
+# train_streaming CONF EXP DATA LAST [TRAIN]: the streaming GRU of CONF trained on TRAIN
+# (manifests, comma-separated; default DATA/train.jsonl) in EXP/streaming (CMVN from
+# EXP/cmvn.pt), its last LAST epochs averaged into EXP/streaming.pt, and DATA/test.jsonl decoded
+# streamed in 160 ms chunks into EXP/decode_test_streaming/hyp.txt.
 train_streaming() {
-  local conf=$1 exp=$2 data=$3 last=$4
+  local conf=$1 exp=$2 data=$3 last=$4 train=${5:-$3/train.jsonl}
   asr_train --config "$conf" exp_dir="$exp/streaming" cmvn="$exp/cmvn.pt" \
-    data.train="$data/train.jsonl" data.valid="$data/dev.jsonl"
+    data.train="$train" data.valid="$data/dev.jsonl"
   asr average --exp-dir "$exp/streaming" --last "$last" --out "$exp/streaming.pt"
   mkdir -p "$exp/decode_test_streaming"
   asr decode --model "$exp/streaming.pt" --manifest "$data/test.jsonl" --chunk-ms 160 \
