@@ -25,9 +25,11 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import soundfile as sf
+import torch
 from tqdm import tqdm
 
-from asr.audio import AudioError, audio_duration, load_audio
+from asr.audio import SAMPLE_RATE, AudioError, audio_duration, change_speed, load_audio
 from asr.text import Tokenizer, normalize_text
 
 REQUIRED_KEYS = ("id", "audio", "duration", "text", "speaker")
@@ -261,12 +263,6 @@ def _cached_name(entry_id: str, speed: float) -> str:
 
 def _write_copy(job: tuple[str, float, str]) -> float:
     """Decode one file, change its speed, write 16-bit FLAC atomically; returns the duration."""
-    import soundfile as sf
-    import torch
-
-    from asr.audio import SAMPLE_RATE
-    from asr.audio import change_speed
-
     source, speed, target = job
     if os.path.exists(target):
         return audio_duration(target)
