@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from asr.checkpoint import load_checkpoint
+from asr.checkpoint import CheckpointError, load_checkpoint
 from asr.data.loader import BucketBatchSampler, ctc_min_frames, filter_for_ctc
 from asr.training import OptimConfig, DataConfig, TrainConfig, Trainer
 
@@ -147,10 +147,17 @@ def test_exact_resume_after_sigkill(tmp_path):
 
     resumed = tmp_path / "resumed"
     process = subprocess.Popen(_train_cli(resumed, manifest), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Kill once last.pt (written every step) shows one of the first batches of the second epoch:
+    # mid-epoch whatever the machine's speed (a fixed delay once landed on an epoch boundary).
     deadline = time.time() + 300
-    while not (resumed / "last.pt").exists() and time.time() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.5)
+    while time.time() < deadline and process.poll() is None:
+        try:
+            position = load_checkpoint(resumed / "last.pt").trainer_state
+        except CheckpointError:  # not written yet
+            position = None
+        if position is not None and position["epoch"] >= 1 and 0 < position["batch_in_epoch"] <= 3:
+            break
+        time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     process.wait()
     state = load_checkpoint(resumed / "last.pt").trainer_state
