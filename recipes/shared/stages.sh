@@ -66,6 +66,15 @@ gpus() {
   echo "${names:-no GPU}"
 }
 
+# require_manifests LIST: stop with an error naming the first missing manifest of LIST
+# (comma-separated), which another recipe's run.sh makes.
+require_manifests() {
+  local manifest
+  for manifest in ${1//,/ }; do
+    [ -f "$manifest" ] || { echo "error: $manifest not found: its recipe's run.sh makes it" >&2; exit 1; }
+  done
+}
+
 # train_streaming CONF EXP DATA LAST [TRAIN]: the streaming GRU of CONF trained on TRAIN
 # (manifests, comma-separated; default DATA/train.jsonl) in EXP/streaming (CMVN from
 # EXP/cmvn.pt), its last LAST epochs averaged into EXP/streaming.pt, and DATA/test.jsonl decoded

@@ -98,9 +98,7 @@ if run_stage 2 "global CMVN statistics (speechocean762 train, whatever the strat
 fi
 
 if run_stage 3 "train, strategy $strategy ($conf)" "$exp/.train.done"; then
-  for manifest in ${train_manifests//,/ }; do
-    [ -f "$manifest" ] || { echo "error: $manifest not found: its recipe's run.sh makes it (see $conf)" >&2; exit 1; }
-  done
+  require_manifests "$train_manifests"
   if [ "$strategy" = finetune ] && [ ! -f ../synthetic/exp/final.pt ]; then
     echo "error: --strategy finetune starts from ../synthetic/exp/final.pt; run recipes/synthetic/run.sh first" >&2
     exit 1
@@ -159,9 +157,7 @@ if run_stage 7 "score, children vs adults -> $exp/RESULTS.md" "$exp/.score.done"
 fi
 
 if run_stage 8 "train the streaming GRU ($stream_conf) -> $exp/streaming.pt; decode streamed" "$exp/.streaming.done"; then
-  for manifest in ${stream_manifests//,/ }; do
-    [ -f "$manifest" ] || { echo "error: $manifest not found: its recipe's run.sh makes it" >&2; exit 1; }
-  done
+  require_manifests "$stream_manifests"
   train_streaming "$stream_conf" "$exp" "$data" 3 "$stream_manifests"
   asr score "$data/test.jsonl" "$exp/decode_test_streaming/hyp.txt" --by age_group \
     --alignments "$exp/decode_test_streaming/alignments.txt" > "$exp/decode_test_streaming/score.txt"
