@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_language_model(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("lm", help="word n-gram LM (modified Kneser-Ney, ARPA) from a manifest's transcripts")
-    p.add_argument("--manifest", required=True, help="training manifest (JSONL): only its text is read")
+    p.add_argument("--manifest", required=True, nargs="+",
+                   help="training manifests (JSONL): only their text is read, each sentence as often as it occurs")
     p.add_argument("--order", type=_positive_int, default=3, help="longest n-gram (default: 3)")
     p.add_argument("--out", required=True, help="ARPA file to write")
     p.set_defaults(func=_language_model)
@@ -184,7 +185,7 @@ def _language_model(args: argparse.Namespace) -> int:
     from asr.text import normalize_text
 
     try:
-        sentences = [normalize_text(entry["text"])[0] for entry in read_manifest(args.manifest)]
+        sentences = [normalize_text(entry["text"])[0] for path in args.manifest for entry in read_manifest(path)]
         counts = build_arpa(sentences, args.out, args.order)
     except (OSError, ValueError) as err:
         return _fail(err)

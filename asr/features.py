@@ -1,4 +1,4 @@
-"""Log-mel features, global mean/variance normalisation and SpecAugment.
+"""Log-mel features, global mean/variance normalisation, SpecAugment and VTLP.
 
 Shapes: audio ``(batch, samples)`` at 16 kHz; features ``(batch, frames, n_mels)``.
 Frames are 25 ms windows every 10 ms with no padding at the edges (Kaldi's ``snip_edges``):
@@ -18,6 +18,7 @@ from asr.audio import SAMPLE_RATE
 WIN_LENGTH = 400  # 25 ms
 HOP_LENGTH = 160  # 10 ms
 N_FFT = 512
+F_MIN, F_MAX = 20.0, SAMPLE_RATE / 2  # mel filterbank edges
 LOG_FLOOR = 1e-6  # about -60 dB below a full-scale sine's mel energy: below any real signal
 
 
@@ -52,8 +53,8 @@ class LogMelFrontend(nn.Module):
             n_fft=N_FFT,
             win_length=WIN_LENGTH,
             hop_length=HOP_LENGTH,
-            f_min=20.0,
-            f_max=SAMPLE_RATE / 2,
+            f_min=F_MIN,
+            f_max=F_MAX,
             n_mels=n_mels,
             window_fn=torch.hann_window,
             wkwargs={"periodic": False},
@@ -153,6 +154,57 @@ class SpecAugment(nn.Module):
             start = (torch.rand(batch, 1, device=feats.device) * (lengths.to(feats.device)[:, None] - width).clamp_min(1)).long()
             keep &= ~((frame_idx >= start) & (frame_idx < start + width))[:, :, None]
         return feats * keep
+
+
+def hz_to_mel(hz: torch.Tensor | float) -> torch.Tensor:
+    return 2595.0 * torch.log10(1.0 + torch.as_tensor(hz, dtype=torch.float64) / 700.0)
+
+
+def mel_bin_centres(n_mels: int, f_min: float = F_MIN, f_max: float = F_MAX) -> torch.Tensor:
+    """Centre frequencies in Hz of :class:`LogMelFrontend`'s HTK mel filters, ``(n_mels,)``."""
+    mel = torch.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2, dtype=torch.float64)[1:-1]
+    return 700.0 * (10.0 ** (mel / 2595.0) - 1.0)
+
+
+def warp_mel_bins(feats: torch.Tensor, alpha: torch.Tensor, f_min: float = F_MIN, f_max: float = F_MAX) -> torch.Tensor:
+    """Vocal-tract-length warp of log-mel features: what bin ``j`` (centre ``f_j``) would hold
+    for a talker whose spectrum is this one's scaled in frequency by ``alpha``, i.e. the
+    energy the input had at ``f_j / alpha``, interpolated linearly between bins (clamped at
+    the edges). ``alpha > 1`` moves formants up (a shorter vocal tract), ``< 1`` down.
+
+    Shapes: ``(batch, frames, n_mels)`` + ``alpha (batch,)`` -> ``(batch, frames, n_mels)``.
+    """
+    n_mels = feats.shape[-1]
+    centres = mel_bin_centres(n_mels, f_min, f_max).to(feats.device)
+    first, step = hz_to_mel(centres[0]).item(), (hz_to_mel(centres[-1]) - hz_to_mel(centres[0])).item() / (n_mels - 1)
+    source = (hz_to_mel(centres[None, :] / alpha.to(centres)[:, None]) - first) / step  # fractional bins
+    source = source.clamp(0, n_mels - 1).to(feats.dtype)
+    low = source.floor().long().clamp(max=n_mels - 2)
+    weight = (source - low)[:, None, :]
+    low = low[:, None, :].expand(-1, feats.shape[1], -1)
+    return feats.gather(2, low) * (1 - weight) + feats.gather(2, low + 1) * weight
+
+
+class VTLP(nn.Module):
+    """Vocal tract length perturbation (Jaitly and Hinton, 2013) on log-mel features, in
+    training mode only: each utterance is warped by :func:`warp_mel_bins` with a factor drawn
+    uniformly from ``[1 - max_warp, 1 + max_warp]``, so one talker stands in for talkers
+    with longer and shorter vocal tracts. Applied before CMVN, on the frontend's output.
+
+    Shapes: ``(batch, frames, n_mels)`` -> same.
+    """
+
+    def __init__(self, max_warp: float = 0.1) -> None:
+        super().__init__()
+        if not 0.0 <= max_warp < 0.5:
+            raise ValueError(f"max_warp must be in [0, 0.5), got {max_warp}")
+        self.max_warp = max_warp
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.max_warp == 0.0:
+            return feats
+        alpha = 1.0 + self.max_warp * (2.0 * torch.rand(feats.shape[0], device=feats.device) - 1.0)
+        return warp_mel_bins(feats, alpha)
 
 
 class StreamingLogMel:

@@ -245,7 +245,7 @@ def test_log_probs_on_any_dtype_are_accepted():
 
 @requires_flashlight
 def test_cli_lm_and_tune_lm(tiny_checkpoint, tmp_path):
-    """`asr lm` builds an ARPA from a manifest's transcripts; `asr tune-lm` grid-searches the
+    """`asr lm` builds an ARPA from the transcripts of one or more manifests; `asr tune-lm` grid-searches the
     weights on a dev manifest and writes the best as decoding options."""
     import re
     import subprocess
@@ -260,8 +260,11 @@ def test_cli_lm_and_tune_lm(tiny_checkpoint, tmp_path):
         entries.append({"id": f"u{i}", "audio": str(tmp_path / f"{i}.wav"), "duration": len(audio) / 16000,
                         "text": sentence, "speaker": "s"})
     write_manifest(tmp_path / "m.jsonl", entries)
+    write_manifest(tmp_path / "first.jsonl", entries[:1])
+    write_manifest(tmp_path / "rest.jsonl", entries[1:])
     asr = [sys.executable, "-m", "asr"]
-    built = subprocess.run(asr + ["lm", "--manifest", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "lm.arpa")],
+    built = subprocess.run(asr + ["lm", "--manifest", str(tmp_path / "first.jsonl"), str(tmp_path / "rest.jsonl"),
+                                  "--out", str(tmp_path / "lm.arpa")],
                            capture_output=True, text=True, timeout=120)
     assert built.returncode == 0, built.stderr
     words = {w for s in tiny_checkpoint.sentences for w in s.upper().split()}

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torchaudio
 
-from asr.features import GlobalCMVN, LogMelFrontend, SpecAugment, accumulate_stats, num_frames
+from asr.features import VTLP, GlobalCMVN, LogMelFrontend, SpecAugment, accumulate_stats, num_frames, warp_mel_bins
 from conftest import espeak, requires_espeak
 
 # Our frontend and Kaldi's differ in one documented way: Kaldi's triangular filters are linear
@@ -111,3 +111,30 @@ def test_specaugment_masks_in_training_only():
     for i, length in enumerate(lengths.tolist()):
         fully_masked_frames = (masked[i, :length] == 0).all(dim=1).sum().item()
         assert fully_masked_frames <= 2 * min(20, int(0.2 * length))
+
+
+@pytest.mark.parametrize("hz, alpha", [(500, 1.1), (1200, 0.9), (3000, 1.15), (2000, 0.85)])
+def test_vtlp_warp_matches_a_frequency_scaled_signal(hz, alpha):
+    """Warping the features of a tone by alpha gives the features of the tone at alpha * hz:
+    same peak bin, and much closer to them than the unwarped features are."""
+    frontend = LogMelFrontend().eval()
+    t = torch.arange(16000) / 16000
+
+    def feats(f):
+        return frontend(torch.sin(2 * torch.pi * f * t)[None])[0]
+
+    original, reference = feats(hz), feats(hz * alpha)
+    warped = warp_mel_bins(original, torch.tensor([alpha]))
+    assert warped[0].mean(0).argmax() == reference[0].mean(0).argmax() != original[0].mean(0).argmax()
+    assert (warped - reference).abs().mean() < 0.75 * (original - reference).abs().mean()
+
+
+def test_vtlp_in_training_only():
+    feats = torch.randn(3, 50, 80)
+    vtlp = VTLP(max_warp=0.1)
+    assert torch.equal(vtlp.eval()(feats), feats)
+    assert torch.allclose(warp_mel_bins(feats, torch.ones(3)), feats, atol=1e-5)  # alpha 1: identity
+    warped = vtlp.train()(feats)
+    assert warped.shape == feats.shape and not torch.allclose(warped, feats)
+    with pytest.raises(ValueError, match="max_warp"):
+        VTLP(max_warp=0.7)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from asr.features import GlobalCMVN, SpecAugment
+from asr.features import VTLP, GlobalCMVN, SpecAugment
 
 
 @dataclass
@@ -33,6 +33,7 @@ class BLSTMCTCConfig:
     num_layers: int = 3
     dropout: float = 0.2
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    vtlp: float = 0.0  # max vocal-tract-length warp in training: factors in [1 - vtlp, 1 + vtlp]
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -151,7 +152,7 @@ class RecurrentStack(nn.Module):
 
 
 class BLSTMCTC(nn.Module):
-    """Global CMVN -> SpecAugment (training only) -> conv subsampling -> BiLSTM stack -> linear.
+    """VTLP and SpecAugment (training only) around global CMVN -> conv subsampling -> BiLSTM stack -> linear.
 
     Variable lengths are handled by :class:`RecurrentStack` (padding never reaches a valid frame).
     ``cell`` and ``bidirectional`` give the LSTM / GRU variants that tools/compare_rnns.py compares.
@@ -164,6 +165,7 @@ class BLSTMCTC(nn.Module):
         super().__init__()
         self.config = config
         self.cmvn = GlobalCMVN(config.n_mels)
+        self.vtlp = VTLP(config.vtlp)
         self.specaugment = SpecAugment(**vars(config.specaugment))
         self.subsampling = ConvSubsampling(config.n_mels, config.conv_channels, config.time_stride)
         self.dropout = nn.Dropout(config.dropout)
@@ -175,7 +177,7 @@ class BLSTMCTC(nn.Module):
         return self.subsampling.output_lengths(lengths)
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.specaugment(self.cmvn(feats), lengths)
+        x = self.specaugment(self.cmvn(self.vtlp(feats)), lengths)
         x, out_lengths = self.subsampling(x, lengths)
         x = self.encoder(self.dropout(x), out_lengths)
         x = self.output(self.dropout(x))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from asr.features import GlobalCMVN, SpecAugment
+from asr.features import VTLP, GlobalCMVN, SpecAugment
 from asr.models.blstm_ctc import SpecAugmentConfig, lengths_to_mask
 
 KERNEL = 3  # time (and frequency) size of the subsampling convolutions
@@ -32,6 +32,7 @@ class StreamingGRUCTCConfig:
     lookahead: int = 2  # future output frames seen by the row convolution (2 x 40 ms)
     dropout: float = 0.1
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+    vtlp: float = 0.0  # max vocal-tract-length warp in training: factors in [1 - vtlp, 1 + vtlp]
 
 
 @dataclass
@@ -135,7 +136,7 @@ class LookaheadConv(nn.Module):
 
 
 class StreamingGRUCTC(nn.Module):
-    """Global CMVN -> SpecAugment (training only) -> causal conv subsampling -> GRU stack ->
+    """VTLP and SpecAugment (training only) around global CMVN -> causal conv subsampling -> GRU stack ->
     look-ahead conv -> linear -> log-softmax.
 
     Training uses :meth:`forward` on padded batches; streaming uses :meth:`initial_state`,
@@ -150,6 +151,7 @@ class StreamingGRUCTC(nn.Module):
         super().__init__()
         self.config = config
         self.cmvn = GlobalCMVN(config.n_mels)
+        self.vtlp = VTLP(config.vtlp)
         self.specaugment = SpecAugment(**vars(config.specaugment))
         self.subsampling = CausalConvSubsampling(config.n_mels, config.conv_channels, config.time_stride)
         self.dropout = nn.Dropout(config.dropout)
@@ -167,7 +169,7 @@ class StreamingGRUCTC(nn.Module):
         return self.subsampling.output_lengths(lengths)
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.specaugment(self.cmvn(feats), lengths)
+        x = self.specaugment(self.cmvn(self.vtlp(feats)), lengths)
         x, out_lengths = self.subsampling(x, lengths)
         # a unidirectional GRU never carries padding back into valid frames, so no packing
         x, _ = self.gru(self.dropout(x))
