@@ -163,6 +163,12 @@ def _add_language_model(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="ARPA file to write")
     p.set_defaults(func=_language_model)
 
+    p = verbs.add_parser("lexicon", help="lexicon of the words in manifests' transcripts, for a closed-vocabulary "
+                         "beam search (`--lexicon`)")
+    p.add_argument("--manifest", required=True, nargs="+", help="manifests (JSONL): only their text is read")
+    p.add_argument("--out", required=True, help="lexicon file to write")
+    p.set_defaults(func=_lexicon)
+
     p = verbs.add_parser("tune-lm", help="grid search of --lm-weight and --word-score for the lowest WER on a dev set")
     p.add_argument("--model", required=True, help="checkpoint file")
     p.add_argument("--manifest", required=True, help="dev manifest (JSONL)")
@@ -190,6 +196,21 @@ def _language_model(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as err:
         return _fail(err)
     print(f"wrote {args.out}: " + ", ".join(f"{n} {k + 1}-grams" for k, n in enumerate(counts)))
+    return 0
+
+
+def _lexicon(args: argparse.Namespace) -> int:
+    from asr.data.manifest import read_manifest
+    from asr.decoding import write_lexicon
+    from asr.text import normalize_text
+
+    try:
+        words = sorted({w for path in args.manifest for entry in read_manifest(path)
+                        for w in normalize_text(entry["text"])[0].split()})
+        count = write_lexicon(words, args.out)
+    except (OSError, ValueError) as err:
+        return _fail(err)
+    print(f"wrote {args.out}: {count} words")
     return 0
 
 

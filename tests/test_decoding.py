@@ -281,3 +281,25 @@ def test_cli_lm_and_tune_lm(tiny_checkpoint, tmp_path):
     best = float(re.search(r"dev WER (\S+)\)", tuned.stdout).group(1))
     assert best < 0.1
     assert re.fullmatch(r"--lm-weight \S+ --word-score \S+\n", (tmp_path / "weights.args").read_text())
+
+
+def test_cli_lexicon_lists_the_words_of_manifests(tmp_path):
+    """`asr lexicon` spells each distinct word of the transcripts once; a word the tokenizer
+    cannot spell is a one-line error."""
+    import subprocess
+
+    from asr.data.manifest import write_manifest
+
+    def manifest(name, *texts):
+        write_manifest(tmp_path / name, [{"id": f"{name}{i}", "audio": "x.wav", "duration": 1.0, "text": t,
+                                          "speaker": "s"} for i, t in enumerate(texts)])
+        return str(tmp_path / name)
+
+    asr = [sys.executable, "-m", "asr", "lexicon", "--out", str(tmp_path / "lexicon.txt"), "--manifest"]
+    done = subprocess.run(asr + [manifest("a", "Zero one", "one two."), manifest("b", "TWO don't")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "lexicon.txt").read_text().splitlines() == [
+        "DON'T\tD O N ' T", "ONE\tO N E", "TWO\tT W O", "ZERO\tZ E R O"]
+    failed = subprocess.run(asr + [manifest("c", "3 little pigs")], capture_output=True, text=True, timeout=120)
+    assert failed.returncode != 0 and failed.stderr.count("\n") == 1 and "'3'" in failed.stderr

@@ -69,6 +69,10 @@ def test_fsdd_recipe_quick_learns(tmp_path):
     assert losses[-1] < 0.75 * losses[0]
     assert cer < 0.95, "some characters of unseen speakers' digits come out right"
     assert result.stdout.strip().splitlines()[-1].startswith("WER test ")
+    # the lexicon beam search says nothing but the training transcripts' words: the ten digits
+    hypotheses = (tmp_path / "exp" / "decode_test_beam_lexicon" / "hyp.txt").read_text().splitlines()
+    words = {w for line in hypotheses for w in line.partition("\t")[2].split()}
+    assert len(hypotheses) == 1000 and words and words <= set("ZERO ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE".split())
 
 
 @pytest.mark.slow
