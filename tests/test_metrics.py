@@ -141,3 +141,21 @@ def test_score_by_a_manifest_field(tmp_path, capsys):
     ]
     assert main(["score", str(hyp), str(hyp), "--by", "age_group"]) == 2
     assert "have no field 'age_group'; give a JSONL manifest" in capsys.readouterr().err
+
+
+def test_cli_output_into_a_closed_pipe_is_quiet(tmp_path):
+    """`asr score ... | head -1`: the reader leaves early; no traceback, just a non-zero status.
+    (20,000 deletions listed: far more than a pipe buffers, so the writer is still writing.)"""
+    import subprocess
+    import sys
+
+    ref = tmp_path / "ref.txt"
+    ref.write_text("".join(f"u{i}\tWORD{i} OTHER{i}\n" for i in range(20000)), encoding="utf-8")
+    hyp = tmp_path / "hyp.txt"
+    hyp.write_text("".join(f"u{i}\tWORD{i}\n" for i in range(20000)), encoding="utf-8")
+    score = subprocess.Popen([sys.executable, "-m", "asr", "score", str(ref), str(hyp), "--top", "20000"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert score.stdout.readline().startswith(b"WER 0.5000")
+    score.stdout.close()  # what `head -1` does after its line
+    assert score.wait(timeout=120) == 1
+    assert b"Traceback" not in score.stderr.read()
