@@ -27,7 +27,7 @@ class AugmentConfig:
     """Waveform augmentation applied in training (each independently, per utterance)."""
 
     speed_perturb: bool = False  # 0.9 / 1.0 / 1.1 speed (tempo and pitch), Ko et al. 2015
-    gain_db: float = 20.0  # random gain in [-gain_db, +gain_db] dB: recordings differ that much in level
+    gain_db: float = 6.0  # random gain in [-gain_db, +gain_db] dB (fine-tuning configs use 20: see recipes)
     noise_prob: float = 0.0  # probability of adding white/pink-ish noise
     noise_snr_db: tuple[float, float] = (5.0, 30.0)
     lowpass_prob: float = 0.0  # probability of band-limiting to telephone band (8 kHz source)
