@@ -175,10 +175,10 @@ def warp_mel_bins(feats: torch.Tensor, alpha: torch.Tensor, f_min: float = F_MIN
     Shapes: ``(batch, frames, n_mels)`` + ``alpha (batch,)`` -> ``(batch, frames, n_mels)``.
     """
     n_mels = feats.shape[-1]
-    centres = mel_bin_centres(n_mels, f_min, f_max).to(feats.device)
-    first, step = hz_to_mel(centres[0]).item(), (hz_to_mel(centres[-1]) - hz_to_mel(centres[0])).item() / (n_mels - 1)
-    source = (hz_to_mel(centres[None, :] / alpha.to(centres)[:, None]) - first) / step  # fractional bins
-    source = source.clamp(0, n_mels - 1).to(feats.dtype)
+    centres = mel_bin_centres(n_mels, f_min, f_max)  # evenly spaced in mel
+    mels = hz_to_mel(centres)
+    source = (hz_to_mel(centres / alpha.detach().cpu().double()[:, None]) - mels[0]) / (mels[1] - mels[0])
+    source = source.clamp(0, n_mels - 1).to(feats.device, feats.dtype)  # (batch, n_mels) fractional bins
     low = source.floor().long().clamp(max=n_mels - 2)
     weight = (source - low)[:, None, :]
     low = low[:, None, :].expand(-1, feats.shape[1], -1)
