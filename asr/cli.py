@@ -185,14 +185,19 @@ def _add_language_model(verbs: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_tune_lm)
 
 
-def _language_model(args: argparse.Namespace) -> int:
+def _transcripts(manifests: list[str]) -> list[str]:
+    """The normalised transcripts of several manifests, in order."""
     from asr.data.manifest import read_manifest
-    from asr.ngram import build_arpa
     from asr.text import normalize_text
 
+    return [normalize_text(entry["text"])[0] for path in manifests for entry in read_manifest(path)]
+
+
+def _language_model(args: argparse.Namespace) -> int:
+    from asr.ngram import build_arpa
+
     try:
-        sentences = [normalize_text(entry["text"])[0] for path in args.manifest for entry in read_manifest(path)]
-        counts = build_arpa(sentences, args.out, args.order)
+        counts = build_arpa(_transcripts(args.manifest), args.out, args.order)
     except (OSError, ValueError) as err:
         return _fail(err)
     print(f"wrote {args.out}: " + ", ".join(f"{n} {k + 1}-grams" for k, n in enumerate(counts)))
@@ -200,14 +205,10 @@ def _language_model(args: argparse.Namespace) -> int:
 
 
 def _lexicon(args: argparse.Namespace) -> int:
-    from asr.data.manifest import read_manifest
     from asr.decoding import write_lexicon
-    from asr.text import normalize_text
 
     try:
-        words = sorted({w for path in args.manifest for entry in read_manifest(path)
-                        for w in normalize_text(entry["text"])[0].split()})
-        count = write_lexicon(words, args.out)
+        count = write_lexicon(sorted({w for text in _transcripts(args.manifest) for w in text.split()}), args.out)
     except (OSError, ValueError) as err:
         return _fail(err)
     print(f"wrote {args.out}: {count} words")
