@@ -53,6 +53,7 @@ def test_foreign_torch_file_rejected(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_saved_on_gpu_loads_on_cpu(tmp_path):
     model = build_model("blstm_ctc", {"hidden_size": 16, "num_layers": 1}, verbose=False).cuda()

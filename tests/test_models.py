@@ -44,9 +44,10 @@ def test_padded_recurrence_equals_packed_reference(cell, bidirectional):
         assert torch.allclose(a, b, atol=1e-4)
 
 
-def test_batched_equals_alone():
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_batched_equals_alone(layer_norm):
     """Padding must not leak into valid frames (per-length reversal + masked convolutions)."""
-    model = small().eval()
+    model = small(layer_norm=layer_norm).eval()
     feats = torch.randn(3, 120, 80)
     lengths = torch.tensor([120, 64, 33])
     batched, out_lengths = model(feats, lengths)
@@ -84,6 +85,7 @@ def test_gradients_flow_through_ctc():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_equals_cpu(monkeypatch):
     """cuDNN's recurrences give the CPU model's outputs (float32, no TF32)."""

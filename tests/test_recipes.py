@@ -1,5 +1,6 @@
 """The recipes end to end at their --quick size, as a user runs them (CI runs these)."""
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -34,6 +35,28 @@ def train_losses(exp):
 def score_of(path):
     text = path.read_text()
     return float(re.search(r"^WER (\S+)", text, re.M).group(1)), float(re.search(r"^CER (\S+)", text, re.M).group(1))
+
+
+def update_results(path, region, text):
+    script = f'source "{REPO}/recipes/shared/stages.sh" && update_results "$RESULTS" "$REGION"'
+    env = {**os.environ, "RESULTS": str(path), "REGION": region}
+    subprocess.run(["bash", "-c", script], input=text, text=True, check=True, env=env)
+
+
+def test_update_results_keeps_notes_written_by_hand(tmp_path):
+    """A recipe re-run rewrites its generated tables in RESULTS.md, never the notes around them."""
+    results = tmp_path / "RESULTS.md"
+    update_results(results, "scores", "| test | 0.5 |\n")  # a fresh file: the region alone
+    assert results.read_text() == "<!-- run.sh: scores -->\n| test | 0.5 |\n<!-- run.sh: scores end -->\n"
+    results.write_text(results.read_text() + "\n## How the default was chosen\n\nby hand\n")
+    update_results(results, "scores", "| test | 0.4 |\n| dev | 0.3 |\n")
+    update_results(results, "streaming", "| test_streaming | 0.7 |\n")  # a new region goes at the end
+    update_results(results, "scores", "| test | 0.2 |\n")
+    assert results.read_text() == (
+        "<!-- run.sh: scores -->\n| test | 0.2 |\n<!-- run.sh: scores end -->\n"
+        "\n## How the default was chosen\n\nby hand\n"
+        "\n<!-- run.sh: streaming -->\n| test_streaming | 0.7 |\n<!-- run.sh: streaming end -->\n"
+    )
 
 
 @pytest.mark.slow

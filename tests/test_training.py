@@ -196,6 +196,7 @@ def test_several_training_manifests_are_concatenated(tmp_path):
         ]
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_trainer_on_cuda(tmp_path):
     """The CUDA path end to end: frontend and model on the GPU, bf16 autocast, pinned memory,

@@ -242,6 +242,9 @@ def main(argv: list[str] | None = None) -> None:
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     tokenizer = Tokenizer()
     model_config = {"vocab_size": len(tokenizer), **apply_overrides(config.model_config, args.model_config)}
+    if args.compare_packing and model_config.get("layer_norm"):
+        print("--compare-packing: layer_norm off (torch's packed LSTM runs the whole stack in one call)")
+        model_config["layer_norm"] = False
     torch.manual_seed(args.seed)
     model = build_model(config.model, model_config, verbose=False)
     if args.compare_packing and type(model) is not BLSTMCTC:

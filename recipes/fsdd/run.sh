@@ -60,8 +60,8 @@ fi
 
 if run_stage 6 "score -> $results" "$exp/.score.done"; then
   score_splits "$exp" "$data" test test_beam_lexicon
-  write_results "$results" "FSDD recipe results (test = unseen speakers theo, yweweler)" "$exp" \
-    "recipes/fsdd/run.sh$($quick && echo ' --quick' || true)" test test_beam_lexicon
+  results_table "FSDD recipe results (test = unseen speakers theo, yweweler)" "$exp" \
+    "recipes/fsdd/run.sh$($quick && echo ' --quick' || true)" test test_beam_lexicon | update_results "$results" scores
   touch "$exp/.score.done"
 fi
 

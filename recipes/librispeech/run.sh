@@ -93,8 +93,9 @@ fi
 # the committed RESULTS.md holds the published baselines next to ours: copy the table in by hand
 if run_stage 7 "score -> $exp/RESULTS.md" "$exp/.score.done"; then
   score_splits "$exp" "$data" "${eval_sets[@]}"
-  write_results "$exp/RESULTS.md" "LibriSpeech recipe results" "$exp" \
-    "recipes/librispeech/run.sh$($quick && echo ' --quick' || true) --conf $conf" "${eval_sets[@]}"
+  results_table "LibriSpeech recipe results" "$exp" \
+    "recipes/librispeech/run.sh$($quick && echo ' --quick' || true) --conf $conf" "${eval_sets[@]}" \
+    | update_results "$exp/RESULTS.md" scores
   touch "$exp/.score.done"
 fi
 

@@ -89,38 +89,57 @@ train_streaming() {
     --out "$exp/decode_test_streaming/hyp.txt"
 }
 
-# write_results FILE TITLE EXP COMMAND SPLIT...: a RESULTS.md table from the score files.
-write_results() {
-  local file=$1 title=$2 exp=$3 command=$4; shift 4
-  {
-    echo "# $title"
+# results_table TITLE EXP COMMAND SPLIT...: print a RESULTS.md section from the score files.
+results_table() {
+  local title=$1 exp=$2 command=$3; shift 3
+  echo "# $title"
+  echo
+  echo "Produced by \`$command\` on $(date -u +%Y-%m-%d), $(nproc) CPU cores, $(gpus)."
+  echo "Model: \`$exp/final.pt\`. Decoding: SPLIT = greedy CTC; SPLIT_beam = beam search; SPLIT_beam_lm ="
+  echo "beam search with the word LM; SPLIT_beam_lexicon = beam search over the training transcripts' words;"
+  echo "SPLIT_streaming = the streaming model, streamed in chunks."
+  echo
+  echo "| set | WER | CER |"
+  echo "|---|---|---|"
+  local name
+  for name in "$@"; do
+    echo "| $name | $(awk '/^WER/ {print $2}' "$exp/decode_$name/score.txt") | $(awk '/^CER/ {print $2}' "$exp/decode_$name/score.txt") |"
+  done
+  echo
+  echo "Training curve (\`$exp/log.csv\`):"
+  echo
+  echo '```'
+  cat "$exp/log.csv"
+  echo '```'
+  for name in "$@"; do
     echo
-    echo "Produced by \`$command\` on $(date -u +%Y-%m-%d), $(nproc) CPU cores, $(gpus)."
-    echo "Model: \`$exp/final.pt\`. Decoding: SPLIT = greedy CTC; SPLIT_beam = beam search; SPLIT_beam_lm ="
-    echo "beam search with the word LM; SPLIT_beam_lexicon = beam search over the training transcripts' words;"
-    echo "SPLIT_streaming = the streaming model, streamed in chunks."
-    echo
-    echo "| set | WER | CER |"
-    echo "|---|---|---|"
-    for name in "$@"; do
-      echo "| $name | $(awk '/^WER/ {print $2}' "$exp/decode_$name/score.txt") | $(awk '/^CER/ {print $2}' "$exp/decode_$name/score.txt") |"
-    done
-    echo
-    echo "Training curve (\`$exp/log.csv\`):"
+    echo "\`asr score\` on $name (alignments: \`$exp/decode_$name/alignments.txt\`):"
     echo
     echo '```'
-    cat "$exp/log.csv"
+    cat "$exp/decode_$name/score.txt"
     echo '```'
-    for split in "$@"; do
-      echo
-      echo "\`asr score\` on $split (alignments: \`$exp/decode_$split/alignments.txt\`):"
-      echo
-      echo '```'
-      cat "$exp/decode_$split/score.txt"
-      echo '```'
-    done
-  } > "$file.tmp"
+  done
+}
+
+# update_results FILE REGION: standard input replaces FILE's lines from "<!-- run.sh: REGION -->"
+# to "<!-- run.sh: REGION end -->", or is appended as that region when FILE has none. What lies
+# outside the regions (notes written by hand: how a configuration was chosen) is kept.
+update_results() {
+  local file=$1 begin="<!-- run.sh: $2 -->" end="<!-- run.sh: $2 end -->" block
+  block=$(mktemp)
+  { echo "$begin"; cat; echo "$end"; } > "$block"
+  if [ -f "$file" ] && grep -qxF "$begin" "$file" && grep -qxF "$end" "$file"; then
+    awk -v begin="$begin" -v end="$end" -v block="$block" '
+      $0 == begin { while ((getline line < block) > 0) print line; inside = 1; next }
+      $0 == end { inside = 0; next }
+      !inside' "$file" > "$file.tmp"
+  elif [ -s "$file" ]; then
+    { cat "$file"; echo; cat "$block"; } > "$file.tmp"
+  else
+    cp "$block" "$file.tmp"
+  fi
   mv "$file.tmp" "$file"
+  rm -f "$block"
 }
 
 # last_wer EXP SPLIT: print the recipe's closing line "WER SPLIT <value>".

@@ -144,9 +144,9 @@ if run_stage 7 "score, children vs adults -> $exp/RESULTS.md" "$exp/.score.done"
     asr score "$data/${name%%_*}.jsonl" "$exp/decode_$name/hyp.txt" --by age_group \
       --alignments "$exp/decode_$name/alignments.txt" > "$exp/decode_$name/score.txt"
   done
-  write_results "$exp/RESULTS.md" "speechocean762 recipe results (strategy $strategy)" "$exp" \
-    "recipes/speechocean762/run.sh$($quick && echo ' --quick' || true) --strategy $strategy" dev test test_beam_lm
   {
+    results_table "speechocean762 recipe results (strategy $strategy)" "$exp" \
+      "recipes/speechocean762/run.sh$($quick && echo ' --quick' || true) --strategy $strategy" dev test test_beam_lm
     echo
     echo "LM weights tuned on dev: \`$(cat "$exp/lm/weights.args")\`."
     for name in test test_beam_lm; do
@@ -157,7 +157,7 @@ if run_stage 7 "score, children vs adults -> $exp/RESULTS.md" "$exp/.score.done"
       sed -n '/^by age_group:/,$p' "$exp/decode_$name/score.txt"
       echo '```'
     done
-  } >> "$exp/RESULTS.md"
+  } | update_results "$exp/RESULTS.md" scores
   touch "$exp/.score.done"
 fi
 
@@ -167,7 +167,6 @@ if run_stage 8 "train the streaming GRU ($stream_conf) -> $exp/streaming.pt; dec
   asr score "$data/test.jsonl" "$exp/decode_test_streaming/hyp.txt" --by age_group \
     --alignments "$exp/decode_test_streaming/alignments.txt" > "$exp/decode_test_streaming/score.txt"
   {
-    echo
     echo "Streaming model \`$exp/streaming.pt\` ($stream_conf), streamed in 160 ms chunks (stage 8):"
     echo
     echo '```'
@@ -175,7 +174,7 @@ if run_stage 8 "train the streaming GRU ($stream_conf) -> $exp/streaming.pt; dec
     echo
     cat "$exp/streaming/log.csv"
     echo '```'
-  } >> "$exp/RESULTS.md"
+  } | update_results "$exp/RESULTS.md" streaming
   touch "$exp/.streaming.done"
 fi
 

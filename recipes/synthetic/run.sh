@@ -84,13 +84,13 @@ fi
 
 if run_stage 9 "score -> $results" "$exp/.score.done"; then
   score_splits "$exp" "$data" dev test test_beam test_beam_lm
-  write_results "$results" "Synthetic recipe results" "$exp" "recipes/synthetic/run.sh$($quick && echo ' --quick' || true)" \
-    dev test test_beam test_beam_lm
   {
+    results_table "Synthetic recipe results" "$exp" "recipes/synthetic/run.sh$($quick && echo ' --quick' || true)" \
+      dev test test_beam test_beam_lm
     echo
     echo "LM: \`$exp/lm/3gram.arpa\` (modified Kneser-Ney, training transcripts only), lexicon-free beam"
     echo "search; weights tuned on dev: \`$(cat "$exp/lm/weights.args")\`."
-  } >> "$results"
+  } | update_results "$results" scores
   touch "$exp/.score.done"
 fi
 
@@ -100,7 +100,6 @@ if run_stage 10 "train the streaming GRU ($stream_conf) -> $exp/streaming.pt" "$
   train_streaming "$stream_conf" "$exp" "$data" 2
   score_splits "$exp" "$data" test_streaming
   {
-    echo
     echo "Streaming model \`$exp/streaming.pt\` ($stream_conf), streamed in 160 ms chunks (stage 10):"
     echo
     echo "| set | WER | CER |"
@@ -110,7 +109,7 @@ if run_stage 10 "train the streaming GRU ($stream_conf) -> $exp/streaming.pt" "$
     echo '```'
     cat "$exp/streaming/log.csv"
     echo '```'
-  } >> "$results"
+  } | update_results "$results" streaming
   touch "$exp/.streaming.done"
 fi
 
