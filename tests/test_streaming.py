@@ -77,7 +77,7 @@ def test_step_and_flush_equal_forward(tiny_streaming_checkpoint):
     tokenizer = Tokenizer()
     trained = load_checkpoint(tiny_streaming_checkpoint.path).build_model()
     cases = [(trained, audio) for audio in tiny_streaming_checkpoint.audio] + [(trained, noise(1.7, 3))]
-    for config in [{"time_stride": 2, "lookahead": 0}, {"lookahead": 1}, {"lookahead": 3}]:
+    for config in [{"time_stride": 2, "lookahead": 0}, {"lookahead": 1}, {"lookahead": 3}, {"layer_norm": True, "num_layers": 3}]:
         cases += [(small_model(**config), espeak("a different shape", voice="en-us+f2")), (small_model(**config), noise(1.1, 4))]
     worst = 0.0
     for model, audio in cases:
@@ -95,8 +95,9 @@ def test_step_and_flush_equal_forward(tiny_streaming_checkpoint):
     assert worst <= TOLERANCE
 
 
-def test_padding_does_not_leak_and_lengths():
-    model = small_model()
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_padding_does_not_leak_and_lengths(layer_norm):
+    model = small_model(layer_norm=layer_norm)
     lengths = torch.tensor([120, 64, 33, 1])
     batched, out_lengths = model(torch.randn(4, 120, 80), lengths)
     assert out_lengths.tolist() == [-(-n // 4) for n in lengths.tolist()] == model.output_lengths(lengths).tolist()

@@ -30,6 +30,9 @@ class StreamingGRUCTCConfig:
     hidden_size: int = 320
     num_layers: int = 3
     lookahead: int = 2  # future output frames seen by the row convolution (2 x 40 ms)
+    # LayerNorm after each GRU layer, with a residual connection where the widths match (as in
+    # blstm_ctc): it shortens CTC's all-blank plateau; per frame, so streaming is unaffected
+    layer_norm: bool = False
     dropout: float = 0.1
     specaugment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
     vtlp: float = 0.0  # max vocal-tract-length warp in training: factors in [1 - vtlp, 1 + vtlp]
@@ -162,6 +165,8 @@ class StreamingGRUCTC(nn.Module):
             batch_first=True,
             dropout=config.dropout if config.num_layers > 1 else 0.0,
         )
+        self.norms = nn.ModuleList(nn.LayerNorm(config.hidden_size) for _ in range(config.num_layers)) \
+            if config.layer_norm else None
         self.lookahead = LookaheadConv(config.hidden_size, config.lookahead)
         self.output = nn.Linear(config.hidden_size, config.vocab_size)
 
@@ -172,11 +177,30 @@ class StreamingGRUCTC(nn.Module):
         x = self.specaugment(self.cmvn(self.vtlp(feats)), lengths)
         x, out_lengths = self.subsampling(x, lengths)
         # a unidirectional GRU never carries padding back into valid frames, so no packing
-        x, _ = self.gru(self.dropout(x))
+        x, _ = self._recurrence(self.dropout(x), None)
         # the look-ahead must see zeros after the end, as flush() gives it
         x = x * lengths_to_mask(out_lengths, x.shape[1])[:, :, None]
         x = self.output(self.dropout(self.lookahead(x)))
         return x.float().log_softmax(dim=-1), out_lengths  # float32 also under autocast
+
+    def _recurrence(self, x: torch.Tensor, hidden: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The GRU stack: ``(batch, frames, input)`` + state ``(num_layers, batch, hidden)`` or None
+        (zeros) -> ``(batch, frames, hidden)`` + the new state. With ``layer_norm``, layer by layer
+        through the op ``nn.GRU`` calls, each output normalised (after adding its input from the
+        second layer on)."""
+        if self.norms is None:
+            return self.gru(x, hidden)
+        if hidden is None:
+            hidden = x.new_zeros(self.gru.num_layers, x.shape[0], self.gru.hidden_size)
+        states = []
+        for layer, norm in enumerate(self.norms):
+            if layer:
+                x = nn.functional.dropout(x, self.gru.dropout, self.training)
+            weights = [getattr(self.gru, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            y, state = torch.gru(x, hidden[layer : layer + 1], weights, True, 1, 0.0, self.training, False, True)
+            x = norm(y + x if y.shape == x.shape else y)
+            states.append(state)
+        return x, torch.cat(states)
 
     def initial_state(self) -> StreamingState:
         device = self.output.weight.device
@@ -196,7 +220,7 @@ class StreamingGRUCTC(nn.Module):
         x, conv_cache = self.subsampling.step(self.cmvn(feats), state.conv_cache)
         hidden = state.hidden
         if x.shape[1]:
-            x, hidden = self.gru(x, hidden)
+            x, hidden = self._recurrence(x, hidden)
         else:
             x = x.new_zeros(1, 0, self.config.hidden_size)
         x, row_cache = self.lookahead.step(x, state.row_cache)
