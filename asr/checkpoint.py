@@ -33,6 +33,11 @@ class Checkpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
     trainer_state: dict[str, Any] | None = None
 
+    @property
+    def training_config(self) -> dict[str, Any]:
+        """The ``asr train`` configuration that produced the weights (empty if unknown)."""
+        return self.metadata.get("config") or {}
+
     def build_model(self, device: str | torch.device = "cpu", verbose: bool = False) -> nn.Module:
         """The model with its weights, in eval mode on ``device``."""
         model = build_model(self.model_name, self.model_config, verbose=verbose)

@@ -217,7 +217,7 @@ class Trainer:
         train_entries = self._load_entries(config.data.train, "train", slowest)
         self.train_set = UtteranceDataset(train_entries, self.tokenizer, augment, seed=config.seed)
         self.sampler = BucketBatchSampler(
-            [e["duration"] for e in train_entries],
+            [e["duration"] + 2 * augment.pad_s for e in train_entries],
             config.data.max_frames,
             seed=config.seed,
             rank=self.rank,

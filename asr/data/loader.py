@@ -31,6 +31,10 @@ class AugmentConfig:
     noise_prob: float = 0.0  # probability of adding white/pink-ish noise
     noise_snr_db: tuple[float, float] = (5.0, 30.0)
     lowpass_prob: float = 0.0  # probability of band-limiting to telephone band (8 kHz source)
+    # silence of 0 to pad_s seconds before and after each utterance (zeros, which the trainer's
+    # dither turns into faint noise): clips trimmed to the speech (FSDD) otherwise teach a model
+    # that speech starts in the first analysis window, and it then drops first consonants
+    pad_s: float = 0.0
 
 
 def _item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -39,6 +43,9 @@ def _item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 
 def augment_waveform(audio: torch.Tensor, config: AugmentConfig, rng: np.random.Generator) -> torch.Tensor:
     """Apply :class:`AugmentConfig` to one mono 16 kHz waveform ``(samples,)``."""
+    if config.pad_s > 0:
+        before, after = (int(rng.uniform(0, config.pad_s) * SAMPLE_RATE) for _ in range(2))
+        audio = torch.nn.functional.pad(audio, (before, after))
     if config.speed_perturb:
         audio = change_speed(audio, SPEEDS[rng.integers(len(SPEEDS))])
     if config.lowpass_prob > 0 and rng.random() < config.lowpass_prob:
