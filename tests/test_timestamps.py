@@ -69,6 +69,9 @@ def test_edge_silence_of_a_model_trained_with_padding(tiny_checkpoint, tmp_path)
     assert torch.equal(lengths, expected_lengths) and torch.allclose(log_probs, expected)
     assert int(lengths) == int(plain.log_probs([audio])[1]) + 2 * 3200 // 640  # 40 ms output frames
 
+    other = tiny_checkpoint.audio[1]  # a segment's output does not depend on the batch it is in
+    assert torch.allclose(padded.log_probs([other, audio])[0][1, : int(lengths)], log_probs[0], atol=1e-5)
+
     transcript = padded.transcribe_audio(audio)
     assert transcript.words
     assert all(0.0 <= w.start < w.end <= len(audio) / SAMPLE_RATE for w in transcript.words)
