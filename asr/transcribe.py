@@ -36,6 +36,7 @@ from asr.audio import SAMPLE_RATE, AudioError, iter_audio_blocks, split_on_silen
 from asr.checkpoint import load_checkpoint
 from asr.decoding import BeamSearchDecoder, BeamSearchOptions, Hypothesis, greedy_ctc_decode
 from asr.features import HOP_LENGTH, LogMelFrontend, num_frames
+from asr.text import Tokenizer
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
 SILENCE_DB = 40.0  # a 10 ms frame this far below the segment's loudest is silence
@@ -128,14 +129,10 @@ class Transcriber:
         """Times and confidences of the hypothesis' words within its segment."""
         space = self.tokenizer.tokens.index(" ")
         best = log_probs.argmax(dim=-1).tolist()
-        # a lexicon decoder need not emit a space between words, so characters are matched to
-        # the words of the text rather than split at spaces
         chars = [(token, frame) for token, frame in zip(hyp.tokens, hyp.frames) if token != space]
         speech = _speech_frames(audio)
-        words, used = [], 0
-        for text in hyp.text.split():
-            span = chars[used : used + len(text)]
-            used += len(text)
+        words = []
+        for text, span in zip(hyp.text.split(), _word_spans(hyp.text.split(), chars, self.tokenizer)):
             last_token, end_frame = span[-1][0], span[-1][1] + 1
             while end_frame < len(best) and best[end_frame] == last_token:
                 end_frame += 1
@@ -226,6 +223,28 @@ def _join(pieces: list[tuple[float, Transcript]]) -> Transcript:
     ]
     duration = max((start + piece.duration for start, piece in pieces), default=0.0)
     return Transcript(" ".join(piece.text for _, piece in pieces if piece.text), duration, words)
+
+
+
+def _word_spans(words: list[str], chars: list[tuple[int, int]], tokenizer: Tokenizer) -> list[list[tuple[int, int]]]:
+    """Each word's ``(token, frame)`` pairs, taken in order from the hypothesis' non-space ones.
+
+    Matched to the words of the text rather than split at spaces: a lexicon decoder need not
+    emit a space between words, and flashlight's lexicon decoder spells a doubled letter
+    ("LL" in "TELL") from a single run of frames, which CTC collapses into one token.
+    """
+    spans, used = [], 0
+    for word in words:
+        span = []
+        for k, char in enumerate(word):
+            token = tokenizer.tokens.index(char)
+            collapsed = k > 0 and char == word[k - 1] and (used == len(chars) or chars[used][0] != token)
+            if used < len(chars) and not collapsed:
+                span.append(chars[used])
+                used += 1
+        # a word always has a frame of its own; should one not, it shares its predecessor's
+        spans.append(span or (spans[-1][-1:] if spans else chars[:1]) or [(0, 0)])
+    return spans
 
 
 def _speech_frames(audio: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ from asr.decoding import (
 )
 from asr.ngram import ArpaModel, arpa_vocabulary, build_arpa
 from asr.text import Tokenizer
+from asr.transcribe import _word_spans
 
 TOK = Tokenizer()
 BLANK = "_"
@@ -303,3 +304,25 @@ def test_cli_lexicon_lists_the_words_of_manifests(tmp_path):
         "DON'T\tD O N ' T", "ONE\tO N E", "TWO\tT W O", "ZERO\tZ E R O"]
     failed = subprocess.run(asr + [manifest("c", "3 little pigs")], capture_output=True, text=True, timeout=120)
     assert failed.returncode != 0 and failed.stderr.count("\n") == 1 and "'3'" in failed.stderr
+
+
+@requires_flashlight
+def test_word_spans_of_a_doubled_letter_spelled_from_one_run(tmp_path):
+    """flashlight's lexicon decoder reads "LL" from one run of L frames, which CTC collapses
+    into one token: each word must still get its own frames (word times once crashed on it)."""
+    lexicon = tmp_path / "lexicon.txt"
+    write_lexicon(["TELL", "THEM", "ALL"], lexicon)
+    log_probs, lengths = batch(frames(list("T_E_LL_") + spelled("THEM") + list("A_LL")))
+    (hyp,) = BeamSearchDecoder(TOK, BeamSearchOptions(lexicon=str(lexicon))).decode(log_probs, lengths)
+    assert hyp.text == "TELL THEM ALL"
+    assert TOK.decode(hyp.tokens).replace(" ", "") == "TELTHEMAL"
+    chars = [(t, f) for t, f in zip(hyp.tokens, hyp.frames) if t != TOK.tokens.index(" ")]
+    spans = _word_spans(hyp.text.split(), chars, TOK)
+    assert [[f for _, f in span] for span in spans] == [[0, 2, 4], [7, 9, 11, 13], [15, 17]]
+
+
+def test_word_spans_keep_a_doubled_letter_that_has_its_own_frames():
+    chars = [(TOK.tokens.index(c), f) for f, c in enumerate("BOOKS")]
+    assert [len(s) for s in _word_spans(["BOOK", "S"], chars, TOK)] == [4, 1]
+    collapsed = [(TOK.tokens.index(c), f) for f, c in enumerate("BOKS")]
+    assert [[f for _, f in s] for s in _word_spans(["BOOK", "S"], collapsed, TOK)] == [[0, 1, 2], [3]]
