@@ -163,9 +163,13 @@ def _add_language_model(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="ARPA file to write")
     p.set_defaults(func=_language_model)
 
-    p = verbs.add_parser("lexicon", help="lexicon of the words in manifests' transcripts, for a closed-vocabulary "
-                         "beam search (`--lexicon`)")
+    p = verbs.add_parser("lexicon", help="lexicon of the words in manifests' transcripts (and word lists), for a "
+                         "closed-vocabulary beam search (`--lexicon`)")
     p.add_argument("--manifest", required=True, nargs="+", help="manifests (JSONL): only their text is read")
+    p.add_argument("--words", nargs="+", default=[], metavar="FILE",
+                   help="word lists, one word per line (e.g. /usr/share/dict/words from Debian's wamerican): "
+                   "their words join the lexicon, so that words unseen in the transcripts can be recognised; "
+                   "entries the tokenizer cannot spell are skipped and counted")
     p.add_argument("--out", required=True, help="lexicon file to write")
     p.set_defaults(func=_lexicon)
 
@@ -206,12 +210,27 @@ def _language_model(args: argparse.Namespace) -> int:
 
 def _lexicon(args: argparse.Namespace) -> int:
     from asr.decoding import write_lexicon
+    from asr.text import normalize_text
 
     try:
-        count = write_lexicon(sorted({w for text in _transcripts(args.manifest) for w in text.split()}), args.out)
+        words = {w for text in _transcripts(args.manifest) for w in text.split()}
+        from_transcripts, skipped = len(words), 0
+        for path in args.words:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    word, unknown = normalize_text(line)
+                    if not word:
+                        continue
+                    if unknown or " " in word:  # "3D", "c/o": not one word in the tokenizer's alphabet
+                        skipped += 1
+                    else:
+                        words.add(word)
+        count = write_lexicon(sorted(words), args.out)
     except (OSError, ValueError) as err:
         return _fail(err)
-    print(f"wrote {args.out}: {count} words")
+    lists = f" ({from_transcripts} from the transcripts, {count - from_transcripts} more from the word lists; " \
+            f"{skipped} list entries skipped: not one word in the tokenizer's characters)" if args.words else ""
+    print(f"wrote {args.out}: {count} words{lists}")
     return 0
 
 

@@ -35,11 +35,15 @@ class LogMelFrontend(nn.Module):
     Power spectrum of a Hann-windowed 25 ms frame (512-point FFT), HTK mel filterbank from
     20 Hz to 8 kHz, natural log with a floor. ``dither`` adds Gaussian noise of that standard
     deviation (in units of full scale) in training mode only, so silence does not give the
-    model a degenerate constant input.
+    model a degenerate constant input. In every mode the mel energies are floored at that
+    noise's expected energy in each bin: digital silence (exact zeros, which recordings and
+    padding are full of) then reads as the faint noise the model was trained on, rather than
+    as a level it never heard. The floor is a per-frame operation, so streaming is unchanged.
 
     Args:
         n_mels: number of mel bins.
-        dither: noise added to the waveform while ``self.training``.
+        dither: noise added to the waveform while ``self.training``; the mel energy floor.
+            Use the training value at inference too (the checkpoint's ``dither``).
 
     Shapes: ``(batch, samples)`` + lengths ``(batch,)`` -> ``(batch, frames, n_mels)`` + ``(batch,)``.
     """
@@ -62,6 +66,10 @@ class LogMelFrontend(nn.Module):
             center=False,
             mel_scale="htk",
         )
+        # white noise of variance d^2 has expected power d^2 * sum(window^2) in every FFT bin
+        window = torch.hann_window(WIN_LENGTH, periodic=False)
+        noise_energy = dither**2 * window.square().sum() * self.mel.mel_scale.fb.sum(dim=0)
+        self.register_buffer("floor", noise_energy.clamp_min(LOG_FLOOR), persistent=False)
 
     def forward(
         self, audio: torch.Tensor, lengths: torch.Tensor | None = None
@@ -77,7 +85,7 @@ class LogMelFrontend(nn.Module):
         if self.training and self.dither > 0:
             audio = audio + self.dither * torch.randn_like(audio)
         with torch.autocast(audio.device.type, enabled=False):
-            feats = self.mel(audio.float()).clamp_min(LOG_FLOOR).log().transpose(1, 2)
+            feats = torch.maximum(self.mel(audio.float()).transpose(1, 2), self.floor).log()
         return feats, num_frames(lengths)
 
 
@@ -213,7 +221,7 @@ class StreamingLogMel:
     Each call returns the frames whose 25 ms window is complete and keeps the samples that
     later frames still need, so the frames of all calls, concatenated, are those of
     ``LogMelFrontend`` on the whole signal (frame ``t`` covers samples ``[160 t, 160 t + 400)``
-    whatever the chunking). No dither: this is for inference.
+    whatever the chunking). For inference: ``dither`` only sets the energy floor.
 
     >>> stream = StreamingLogMel()
     >>> stream.accept_audio(torch.zeros(320)).shape, stream.accept_audio(torch.zeros(320)).shape
@@ -222,8 +230,8 @@ class StreamingLogMel:
     Shapes: audio ``(samples,)`` -> features ``(1, frames, n_mels)``.
     """
 
-    def __init__(self, n_mels: int = 80) -> None:
-        self.frontend = LogMelFrontend(n_mels).eval()
+    def __init__(self, n_mels: int = 80, dither: float = 0.0) -> None:
+        self.frontend = LogMelFrontend(n_mels, dither).eval()
         self.n_mels = n_mels
         self.reset()
 

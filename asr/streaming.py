@@ -78,10 +78,13 @@ class Recognizer:
         if isinstance(model, (str, os.PathLike)):
             ckpt = load_checkpoint(model)
             path, model, tokenizer = model, ckpt.build_model(device), ckpt.tokenizer
+            dither = ckpt.training_config.get("dither", 0.0)
             if not hasattr(model, "step"):
                 raise CheckpointError(f"{path}: a {ckpt.model_name} model cannot stream; train one with model=streaming_gru")
-        elif not hasattr(model, "step"):
-            raise ValueError(f"{type(model).__name__} cannot stream: it has no step()")
+        else:
+            dither = 0.0
+            if not hasattr(model, "step"):
+                raise ValueError(f"{type(model).__name__} cannot stream: it has no step()")
         if tokenizer is None:
             raise ValueError("a model given without its checkpoint needs its tokenizer")
         self.model = model.eval()
@@ -92,7 +95,7 @@ class Recognizer:
         self.stride = model.config.time_stride  # feature frames per output frame
         self.frame_seconds = self.stride * HOP_LENGTH / SAMPLE_RATE
         self._replay_frames = round(self.endpoint.silence_replay / self.frame_seconds)
-        self.frontend = StreamingLogMel(model.config.n_mels).to(self.device)
+        self.frontend = StreamingLogMel(model.config.n_mels, dither).to(self.device)
         self.reset()
 
     def reset(self) -> None:

@@ -459,7 +459,7 @@ class Trainer:
             self._log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
             new_file = not log_path.exists()
             with open(log_path, "a", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=list(metrics))
+                writer = csv.DictWriter(f, fieldnames=list(metrics), lineterminator="\n")
                 if new_file:
                     writer.writeheader()
                 writer.writerow(metrics)

@@ -78,12 +78,12 @@ class Transcriber:
         self.device = torch.device(device)
         self.tokenizer = ckpt.tokenizer
         self.model = ckpt.build_model(self.device)
-        self.frontend = LogMelFrontend(ckpt.model_config.get("n_mels", 80)).to(self.device).eval()
         training = ckpt.training_config
+        self.frontend = LogMelFrontend(ckpt.model_config.get("n_mels", 80), training.get("dither", 0.0))
+        self.frontend = self.frontend.to(self.device).eval()
+        # a model trained with silence padding (data.augment.pad_s) hears half of it each side;
+        # zeros, which the frontend's energy floor turns into the dither it was trained with
         self.edge_samples = int(training.get("data", {}).get("augment", {}).get("pad_s", 0.0) / 2 * SAMPLE_RATE)
-        self.edge_level = training.get("dither", 0.0)
-        # the same edges for every segment: a segment's output does not depend on its batch
-        self.edges = self.edge_level * torch.randn(2, self.edge_samples, generator=torch.Generator().manual_seed(0))
         self.max_segment_seconds = max_segment_seconds
         self.beam_decoder = BeamSearchDecoder(self.tokenizer, beam) if beam is not None else None
         # seconds per output frame: the model's subsampling of the 10 ms feature frames, read
@@ -119,7 +119,7 @@ class Transcriber:
         """Mono 16 kHz ``(samples,)`` segments, each padded with the model's edge silence ->
         log-probs ``(batch, frames, vocab)`` + lengths ``(batch,)`` as one padded batch."""
         if self.edge_samples:
-            audios = [torch.cat([self.edges[0], audio.cpu(), self.edges[1]]) for audio in audios]
+            audios = [torch.nn.functional.pad(audio, (self.edge_samples, self.edge_samples)) for audio in audios]
         lengths = torch.tensor([len(audio) for audio in audios])
         batch = torch.nn.utils.rnn.pad_sequence(audios, batch_first=True)
         feats, feat_lengths = self.frontend(batch.to(self.device), lengths.to(self.device))

@@ -305,6 +305,15 @@ def test_cli_lexicon_lists_the_words_of_manifests(tmp_path):
     failed = subprocess.run(asr + [manifest("c", "3 little pigs")], capture_output=True, text=True, timeout=120)
     assert failed.returncode != 0 and failed.stderr.count("\n") == 1 and "'3'" in failed.stderr
 
+    # a word list adds the words it can spell, normalised like transcripts, and counts the rest
+    (tmp_path / "words").write_text("zebra\nCafé\nDon't\n3D\nc/o\n\nzero\n", encoding="utf-8")
+    done = subprocess.run(asr + [manifest("a", "Zero one"), "--words", str(tmp_path / "words")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [line.split("\t")[0] for line in (tmp_path / "lexicon.txt").read_text().splitlines()] == [
+        "CAFE", "DON'T", "ONE", "ZEBRA", "ZERO"]
+    assert "5 words (2 from the transcripts, 3 more from the word lists; 2 list entries skipped" in done.stdout
+
 
 @requires_flashlight
 def test_word_spans_of_a_doubled_letter_spelled_from_one_run(tmp_path):

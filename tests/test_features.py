@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torchaudio
@@ -85,6 +87,20 @@ def test_dither_only_in_training():
     frontend = LogMelFrontend(dither=1e-3)
     assert torch.equal(frontend.eval()(audio)[0], frontend.eval()(audio)[0])
     assert not torch.equal(frontend.train()(audio)[0], frontend.train()(audio)[0])
+
+
+def test_energy_floor_is_the_dithers_expected_energy():
+    """Digital silence reads as the mean energy of dithered silence, bin by bin (what the model
+    heard in training); louder signals are untouched."""
+    frontend = LogMelFrontend(dither=1e-4)
+    silence, _ = frontend.eval()(torch.zeros(1, 16000))
+    assert torch.allclose(silence, silence[0, 0].expand_as(silence))
+    torch.manual_seed(0)
+    dithered = frontend.mel(1e-4 * torch.randn(1, 160000 + 240))  # (1, mels, frames)
+    assert torch.allclose(silence[0, 0].exp(), dithered.mean(dim=(0, 2)).clamp_min(1e-6), rtol=0.1)
+    assert silence[0, 0].mean() > math.log(1e-6) + 1  # above the fixed floor that dither 0 keeps
+    speech_level = 0.05 * torch.randn(1, 16000)
+    assert torch.equal(frontend.eval()(speech_level)[0], LogMelFrontend().eval()(speech_level)[0])
 
 
 def test_global_cmvn_from_stats():

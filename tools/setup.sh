@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 SYSTEM_PACKAGES=(
   espeak-ng sox libsox-fmt-all          # speech synthesis for the synthetic corpus and tests
   fortunes fortunes-min fortune-mod     # offline English sentences for the synthetic corpus
+  wamerican                             # English word list: the synthetic recipe's decoding lexicon
   libportaudio2                         # microphone input (sounddevice)
 )
 
