@@ -96,8 +96,8 @@ results_table() {
   echo
   echo "Produced by \`$command\` on $(date -u +%Y-%m-%d), $(nproc) CPU cores, $(gpus)."
   echo "Model: \`$exp/final.pt\`. Decoding: SPLIT = greedy CTC; SPLIT_beam = beam search; SPLIT_beam_lm ="
-  echo "beam search with the word LM; SPLIT_beam_lexicon = beam search over the training transcripts' words;"
-  echo "SPLIT_streaming = the streaming model, streamed in chunks."
+  echo "beam search with the word LM (and the lexicon given below, if any); SPLIT_beam_lexicon = beam search"
+  echo "over the training transcripts' words; SPLIT_streaming = the streaming model, streamed in chunks."
   echo
   echo "| set | WER | CER |"
   echo "|---|---|---|"
