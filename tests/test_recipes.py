@@ -76,6 +76,14 @@ def test_synthetic_recipe_quick_runs_end_to_end(tmp_path):
     for row in ("test", "test_beam", "test_beam_lm", "test_streaming"):
         assert f"| {row} | " in results
     assert re.search(r"--lm-weight \S+ --word-score \S+", results)
+    lexicon = tmp_path / "exp" / "lm" / "lexicon.txt"
+    if Path("/usr/share/dict/american-english").is_file():  # Debian's wamerican (tools/setup.sh)
+        words = {line.split("\t")[0] for line in lexicon.read_text().splitlines()}
+        assert len(words) > 50_000 and "/usr/share/dict/american-english" in results
+        hypotheses = (tmp_path / "exp" / "decode_test_beam_lm" / "hyp.txt").read_text().splitlines()
+        assert {w for line in hypotheses for w in line.split("\t")[1].split()} <= words
+    else:
+        assert not lexicon.exists() and "lexicon-free" in results
 
     # idempotent: a second run skips every stage and prints the same last line
     again = run_recipe("synthetic", tmp_path, "--stop-stage", "10")
