@@ -276,6 +276,8 @@ def _add_training(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="statistics file, e.g. exp/cmvn.pt")
     p.add_argument("--n-mels", type=int, default=80)
     p.add_argument("--max-utterances", type=int, default=2000, help="random sample size (default: 2000)")
+    p.add_argument("--dither", type=float, default=1e-4,
+                   help="the training config's dither, which floors the features (default: 1e-4, as training)")
     p.set_defaults(func=_compute_cmvn)
 
     p = verbs.add_parser("train", help="train a model; run under torchrun for several processes")
@@ -321,7 +323,7 @@ def _cache_audio(args: argparse.Namespace) -> int:
 def _compute_cmvn(args: argparse.Namespace) -> int:
     from asr.training import compute_cmvn_stats, save_cmvn_stats
 
-    save_cmvn_stats(compute_cmvn_stats(args.manifest, args.n_mels, args.max_utterances), args.out)
+    save_cmvn_stats(compute_cmvn_stats(args.manifest, args.n_mels, args.max_utterances, args.dither), args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -97,16 +97,17 @@ def manifest_paths(manifests: str | os.PathLike | list[str]) -> list[str]:
 
 
 def compute_cmvn_stats(manifests: str | os.PathLike | list[str], n_mels: int = 80,
-                       max_utterances: int | None = 2000) -> dict:
+                       max_utterances: int | None = 2000, dither: float = TrainConfig.dither) -> dict:
     """Per-bin sum, sum of squares and frame count of log-mel features over (a sample of) the
-    utterances of one or several manifests (see :func:`manifest_paths`)."""
+    utterances of one or several manifests (see :func:`manifest_paths`). ``dither`` sets the
+    frontend's energy floor, as in training (no noise is added: the statistics are exact)."""
     from asr.audio import load_audio
 
     entries = [entry for path in manifest_paths(manifests) for entry in read_manifest(path)]
     if max_utterances is not None and len(entries) > max_utterances:
         rng = random.Random(0)
         entries = rng.sample(entries, max_utterances)
-    frontend = LogMelFrontend(n_mels).eval()
+    frontend = LogMelFrontend(n_mels, dither).eval()
     total = torch.zeros(n_mels, dtype=torch.float64)
     total_sq = torch.zeros(n_mels, dtype=torch.float64)
     count = 0
@@ -265,7 +266,7 @@ class Trainer:
             self.model.cmvn.set_stats(stats["sum"], stats["sum_sq"], stats["count"])
         elif not self.config.init_from:
             self._log("computing CMVN statistics from the training data (pass cmvn=FILE to reuse)")
-            stats = compute_cmvn_stats(self.config.data.train, self.model.config.n_mels, max_utterances=500)
+            stats = compute_cmvn_stats(self.config.data.train, self.model.config.n_mels, max_utterances=500, dither=self.config.dither)
             self.model.cmvn.set_stats(stats["sum"], stats["sum_sq"], stats["count"])
 
     def _load_entries(self, manifests: str | list[str], name: str, slowest_speed: float) -> list[dict]:
