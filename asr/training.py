@@ -266,7 +266,8 @@ class Trainer:
             self.model.cmvn.set_stats(stats["sum"], stats["sum_sq"], stats["count"])
         elif not self.config.init_from:
             self._log("computing CMVN statistics from the training data (pass cmvn=FILE to reuse)")
-            stats = compute_cmvn_stats(self.config.data.train, self.model.config.n_mels, max_utterances=500, dither=self.config.dither)
+            stats = compute_cmvn_stats(self.config.data.train, self.model.config.n_mels,
+                                       max_utterances=500, dither=self.config.dither)
             self.model.cmvn.set_stats(stats["sum"], stats["sum_sq"], stats["count"])
 
     def _load_entries(self, manifests: str | list[str], name: str, slowest_speed: float) -> list[dict]:

@@ -79,8 +79,8 @@ class Transcriber:
         self.tokenizer = ckpt.tokenizer
         self.model = ckpt.build_model(self.device)
         training = ckpt.training_config
-        self.frontend = LogMelFrontend(ckpt.model_config.get("n_mels", 80), training.get("dither", 0.0))
-        self.frontend = self.frontend.to(self.device).eval()
+        n_mels, dither = ckpt.model_config.get("n_mels", 80), training.get("dither", 0.0)
+        self.frontend = LogMelFrontend(n_mels, dither).to(self.device).eval()
         # a model trained with silence padding (data.augment.pad_s) hears half of it each side;
         # zeros, which the frontend's energy floor turns into the dither it was trained with
         self.edge_samples = int(training.get("data", {}).get("augment", {}).get("pad_s", 0.0) / 2 * SAMPLE_RATE)
