@@ -209,22 +209,15 @@ def _language_model(args: argparse.Namespace) -> int:
 
 
 def _lexicon(args: argparse.Namespace) -> int:
-    from asr.decoding import write_lexicon
-    from asr.text import normalize_text
+    from asr.decoding import read_word_list, write_lexicon
 
     try:
         words = {w for text in _transcripts(args.manifest) for w in text.split()}
         from_transcripts, skipped = len(words), 0
         for path in args.words:
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    word, unknown = normalize_text(line)
-                    if not word:
-                        continue
-                    if unknown or " " in word:  # "3D", "c/o": not one word in the tokenizer's alphabet
-                        skipped += 1
-                    else:
-                        words.add(word)
+            listed, unusable = read_word_list(path)
+            words |= listed
+            skipped += unusable
         count = write_lexicon(sorted(words), args.out)
     except (OSError, ValueError) as err:
         return _fail(err)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from asr.ngram import UNK, arpa_vocabulary
-from asr.text import ALPHABET, BLANK, Tokenizer
+from asr.text import ALPHABET, BLANK, Tokenizer, normalize_text
 
 
 @dataclass
@@ -276,6 +276,21 @@ def write_lexicon(words: Iterable[str], path: str | os.PathLike, alphabet: str =
             f.write(f"{word}\t{' '.join(word)}\n")
             count += 1
     return count
+
+
+def read_word_list(path: str | os.PathLike) -> tuple[set[str], int]:
+    """Words of a word list (one per line, e.g. Debian's /usr/share/dict/words), normalised like
+    transcripts, for :func:`write_lexicon`. Entries that are not one word in the tokenizer's
+    alphabet ("3D", "c/o") are skipped; returns ``(words, skipped)``."""
+    words, skipped = set(), 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            word, unknown = normalize_text(line)
+            if unknown or " " in word:
+                skipped += 1
+            elif word:
+                words.add(word)
+    return words, skipped
 
 
 def tune_lm_weights(

@@ -236,9 +236,9 @@ def _word_spans(words: list[str], chars: list[tuple[int, int]], tokenizer: Token
     spans, used = [], 0
     for word in words:
         span = []
-        for k, char in enumerate(word):
-            token = tokenizer.tokens.index(char)
-            collapsed = k > 0 and char == word[k - 1] and (used == len(chars) or chars[used][0] != token)
+        ids = tokenizer.encode(word)
+        for k, token in enumerate(ids):
+            collapsed = k > 0 and token == ids[k - 1] and (used == len(chars) or chars[used][0] != token)
             if used < len(chars) and not collapsed:
                 span.append(chars[used])
                 used += 1
