@@ -26,7 +26,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from asr.checkpoint import load_checkpoint, save_checkpoint
+from asr.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from asr.data.loader import (
     SPEEDS,
     AugmentConfig,
@@ -78,7 +78,9 @@ class TrainConfig:
     precision: str = "auto"
     dither: float = 1e-4  # waveform dither in training (full scale = 1)
     cmvn: str | None = None  # stats file from `asr compute-cmvn`; computed from train if unset
-    init_from: str | None = None  # checkpoint whose weights (and CMVN) start the training
+    # checkpoint whose weights (and CMVN) start the training; the model is its architecture,
+    # with model_config changing only what it names (dropout, specaugment, vtlp)
+    init_from: str | None = None
     save_every_steps: int = 200  # mid-epoch last.pt for resume
     log_every_steps: int = 20
     keep_epoch_checkpoints: int = 5  # for `asr average`
@@ -208,8 +210,15 @@ class Trainer:
         random.seed(config.seed)
 
         self.tokenizer = Tokenizer()
-        self.model = build_model(config.model, {"vocab_size": len(self.tokenizer), **config.model_config}, verbose=self.is_main)
-        self._init_weights_and_cmvn()
+        init = load_checkpoint(config.init_from) if config.init_from else None
+        model_config = {"vocab_size": len(self.tokenizer), **config.model_config}
+        if init is not None:
+            if init.model_name != config.model:
+                raise ValueError(f"init_from {config.init_from} holds a {init.model_name} model, not {config.model}")
+            # the architecture is the checkpoint's; the config changes what it names (dropout, augmentation)
+            model_config = {**init.model_config, **config.model_config}
+        self.model = build_model(config.model, model_config, verbose=self.is_main)
+        self._init_weights_and_cmvn(init)
         self.model.to(self.device)
         self.frontend = LogMelFrontend(self.model.config.n_mels, dither=config.dither).to(self.device)
 
@@ -256,10 +265,15 @@ class Trainer:
         if self.is_main:
             tqdm.write(message)
 
-    def _init_weights_and_cmvn(self) -> None:
-        if self.config.init_from:
-            ckpt = load_checkpoint(self.config.init_from)
-            self.model.load_state_dict(ckpt.state_dict)
+    def _init_weights_and_cmvn(self, init: Checkpoint | None) -> None:
+        if init is not None:
+            try:
+                self.model.load_state_dict(init.state_dict)
+            except RuntimeError:
+                raise ValueError(
+                    f"init_from {self.config.init_from}: its weights do not fit this model; "
+                    "model_config may change training settings (dropout, specaugment, vtlp) but not its shape"
+                ) from None
             self._log(f"initialised from {self.config.init_from}")
         if self.config.cmvn:
             stats = torch.load(self.config.cmvn, weights_only=True)

@@ -129,6 +129,24 @@ def test_max_steps_ends_training_early_and_resumes_to_the_end(tmp_path):
     assert longer.step == 4
 
 
+def test_init_from_keeps_the_checkpoints_architecture_and_weights(tmp_path):
+    manifest, _ = make_manifest(tmp_path, count=8)
+    first = Trainer(tiny_config(tmp_path / "a", manifest, epochs=1, max_steps=1,
+                                model_config={"hidden_size": 24, "num_layers": 2, "conv_channels": 4, "layer_norm": True}))
+    first.fit()
+    init = str(tmp_path / "a" / "exp" / "last.pt")
+    # the fine-tuning config names only a training setting; the shape comes from the checkpoint
+    tuned = Trainer(tiny_config(tmp_path / "b", manifest, init_from=init, model_config={"dropout": 0.3}))
+    config = tuned.model.config
+    assert (config.hidden_size, config.num_layers, config.layer_norm, config.dropout) == (24, 2, True, 0.3)
+    expected = load_checkpoint(init).state_dict
+    assert all(torch.equal(value, expected[name]) for name, value in tuned.model.state_dict().items())
+    with pytest.raises(ValueError, match="do not fit this model"):
+        Trainer(tiny_config(tmp_path / "c", manifest, init_from=init, model_config={"hidden_size": 32}))
+    with pytest.raises(ValueError, match="holds a blstm_ctc model"):
+        Trainer(tiny_config(tmp_path / "d", manifest, init_from=init, model="streaming_gru", model_config={}))
+
+
 def _train_cli(exp_dir, manifest, *extra):
     return [
         sys.executable, "-m", "asr", "train", f"exp_dir={exp_dir}", f"data.train={manifest}",

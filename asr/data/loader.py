@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torchaudio.functional as AF
 from torch.utils.data import Dataset, Sampler
 
 from asr.audio import SAMPLE_RATE, AudioError, change_speed, load_audio, lowpass, resample
@@ -56,9 +57,7 @@ def augment_waveform(audio: torch.Tensor, config: AugmentConfig, rng: np.random.
         if rng.random() < 0.5:  # brown-ish noise: more like rooms and fans than white hiss
             noise = torch.cumsum(noise, 0)
             noise = noise - lowpass(noise, 20.0)
-        power = audio.pow(2).mean().clamp_min(1e-10)
-        noise = noise * torch.sqrt(power / noise.pow(2).mean().clamp_min(1e-10) / 10 ** (snr / 10))
-        audio = audio + noise
+        audio = AF.add_noise(audio[None], noise[None], torch.tensor([snr], dtype=audio.dtype))[0]
     if config.gain_db > 0:
         audio = audio * 10 ** (rng.uniform(-config.gain_db, config.gain_db) / 20)
     return audio
