@@ -1,0 +1,33 @@
+"""Every recipe config loads as a TrainConfig and builds its model; a fine-tuning config fits
+the model it starts from."""
+
+from pathlib import Path
+
+import pytest
+
+from asr.config import load_config
+from asr.models import build_model
+from asr.training import TrainConfig
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+CONFIGS = sorted(RECIPES.glob("*/conf/*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parts[-3]}/{p.name}")
+def test_recipe_config_builds_its_model(path):
+    config = load_config(TrainConfig, path)
+    if config.init_from is None:
+        build_model(config.model, config.model_config, verbose=False)
+        return
+    # what the Trainer does: the starting checkpoint's architecture, updated by model_config
+    # init_from is relative to the recipe folder, where run.sh runs: ../synthetic/exp/final.pt
+    init_recipe = (path.parents[1] / config.init_from).parents[1]
+    init_config = load_config(TrainConfig, init_recipe / "conf" / "blstm_ctc.yaml")
+    start = build_model(init_config.model, init_config.model_config, verbose=False)
+    tuned = build_model(config.model, {**init_config.model_config, **config.model_config}, verbose=False)
+    tuned.load_state_dict(start.state_dict())
+
+
+def test_there_are_configs_to_check():
+    assert len(CONFIGS) >= 10
+    assert any(load_config(TrainConfig, p).init_from for p in CONFIGS)
