@@ -278,7 +278,7 @@ class Trainer:
         if self.config.cmvn:
             stats = torch.load(self.config.cmvn, weights_only=True)
             self.model.cmvn.set_stats(stats["sum"], stats["sum_sq"], stats["count"])
-        elif not self.config.init_from:
+        elif init is None:
             self._log("computing CMVN statistics from the training data (pass cmvn=FILE to reuse)")
             stats = compute_cmvn_stats(self.config.data.train, self.model.config.n_mels,
                                        max_utterances=500, dither=self.config.dither)

@@ -1,7 +1,7 @@
 """Accuracy of a model when its test audio is played louder, quieter or in noise.
 
     python tools/bench_robustness.py --model CKPT --manifest test.jsonl \
-        [--sample 300] [--gains-db -20 -10 0 10] [--snrs-db 20 10 5] [--seed 0]
+        [--sample 300] [--gains-db -20 -10 10] [--snrs-db 20 10 5] [--seed 0]
 
 Each condition decodes the same utterances greedily with ``asr.transcribe.Transcriber``:
 
@@ -60,23 +60,24 @@ def main(argv: list[str] | None = None) -> None:
     references = [normalize_text(entry["text"])[0] for entry in entries]
     transcriber = Transcriber(args.model)
 
-    def noisy(snr_db: float):
-        def condition(audio: torch.Tensor, index: int) -> torch.Tensor:
-            return add_white_noise(audio, snr_db, torch.Generator().manual_seed(args.seed * 100_003 + index))
+    conditions = [("as recorded", "none", 0.0)]
+    conditions += [(f"gain {g:+g} dB", "gain", g) for g in args.gains_db]
+    conditions += [(f"white noise, SNR {s:g} dB", "noise", s) for s in args.snrs_db]
 
-        return condition
-
-    conditions = {"as recorded": lambda audio, index: audio}
-    conditions.update({f"gain {g:+g} dB": (lambda g: lambda audio, index: apply_gain(audio, g))(g) for g in args.gains_db})
-    conditions.update({f"white noise, SNR {s:g} dB": noisy(s) for s in args.snrs_db})
+    def changed(audio: torch.Tensor, index: int, kind: str, value: float) -> torch.Tensor:
+        if kind == "gain":
+            return apply_gain(audio, value)
+        if kind == "noise":
+            return add_white_noise(audio, value, torch.Generator().manual_seed(args.seed * 100_003 + index))
+        return audio
 
     print(f"{args.model} on {len(entries)} utterances of {args.manifest}, greedy\n")
     print("| condition | WER | CER |\n|---|---|---|")
-    for name, condition in conditions.items():
-        changed = [condition(audio, i) for i, audio in enumerate(audios)]
+    for name, kind, value in conditions:
+        heard = [changed(audio, i, kind, value) for i, audio in enumerate(audios)]
         hypotheses = []
-        for start in tqdm(range(0, len(changed), args.batch_size), desc=name, leave=False, mininterval=2.0):
-            hypotheses += [t.text for t in transcriber.transcribe_batch(changed[start : start + args.batch_size])]
+        for start in tqdm(range(0, len(heard), args.batch_size), desc=name, leave=False, mininterval=2.0):
+            hypotheses += [t.text for t in transcriber.transcribe_batch(heard[start : start + args.batch_size])]
         print(f"| {name} | {jiwer.wer(references, hypotheses):.3f} | {jiwer.cer(references, hypotheses):.3f} |", flush=True)
 
 
