@@ -387,19 +387,15 @@ def manifest_log_probs(
     """The model's log-probs for every utterance of a manifest (or a random ``sample`` of them,
     seeded), one ``(1, frames, vocab)`` tensor and ``(1,)`` length each, with the normalised
     references: the input of :func:`asr.decoding.tune_lm_weights`, computed once for the grid."""
-    import random
-
     from tqdm import tqdm
 
     from asr.audio import load_audio
-    from asr.data.manifest import read_manifest
+    from asr.data.manifest import read_manifest, sample_entries
     from asr.text import normalize_text
 
     transcriber = Transcriber(checkpoint, device=device)
     log_probs, lengths, references = [], [], []
-    entries = read_manifest(manifest)
-    if sample is not None and sample < len(entries):
-        entries = random.Random(0).sample(entries, sample)
+    entries = sample_entries(read_manifest(manifest), sample)
     for entry in tqdm(entries, desc="log-probs", unit="utt", mininterval=2.0):
         out, out_lengths = transcriber.log_probs([load_audio(entry["audio"])])
         log_probs.append(out.float().cpu())

@@ -20,6 +20,7 @@ from asr.data.manifest import (
     ManifestError,
     librispeech_tree_to_entries,
     read_manifest,
+    sample_entries,
     validate_entries,
     write_manifest,
 )
@@ -177,3 +178,11 @@ def test_cache_audio_decodes_once_with_speed_copies(tmp_path):
     again = cache_audio([entry], tmp_path / "flac", speeds=(0.9, 1.0, 1.1), jobs=1)
     assert again == copies
     assert [Path(c["audio"]).stat().st_mtime_ns for c in again] == before
+
+
+def test_sample_is_seeded_and_keeps_manifest_order():
+    entries = [{"id": str(i)} for i in range(50)]
+    first = sample_entries(entries, 10, seed=0)
+    assert first == sample_entries(entries, 10, seed=0) != sample_entries(entries, 10, seed=1)
+    assert [int(e["id"]) for e in first] == sorted(int(e["id"]) for e in first)
+    assert sample_entries(entries, None, seed=0) == entries

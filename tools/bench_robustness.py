@@ -18,7 +18,6 @@ knows the level and cleanliness of its training corpus fails on them, and this s
 from __future__ import annotations
 
 import argparse
-import random
 
 import jiwer
 import torch
@@ -26,7 +25,7 @@ import torchaudio.functional as AF
 from tqdm import tqdm
 
 from asr.audio import load_audio
-from asr.data.manifest import read_manifest
+from asr.data.manifest import read_manifest, sample_entries
 from asr.text import normalize_text
 from asr.transcribe import Transcriber
 
@@ -53,9 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
 
-    entries = read_manifest(args.manifest)
-    if 0 < args.sample < len(entries):
-        entries = random.Random(args.seed).sample(entries, args.sample)
+    entries = sample_entries(read_manifest(args.manifest), args.sample or None, args.seed)
     audios = [load_audio(entry["audio"]) for entry in tqdm(entries, desc="load", unit="utt", mininterval=2.0)]
     references = [normalize_text(entry["text"])[0] for entry in entries]
     transcriber = Transcriber(args.model)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -25,16 +24,8 @@ from pathlib import Path
 import torch
 
 from asr.audio import SAMPLE_RATE, load_audio
-from asr.data.manifest import read_manifest, write_manifest
+from asr.data.manifest import read_manifest, sample_entries, write_manifest
 from asr.metrics import score
-
-
-def sample_entries(entries: list[dict], sample: int | None, seed: int) -> list[dict]:
-    """A random subset of ``sample`` entries (all without it), kept in manifest order."""
-    if sample is None or sample >= len(entries):
-        return entries
-    chosen = sorted(random.Random(seed).sample(range(len(entries)), sample))
-    return [entries[i] for i in chosen]
 
 
 def to_pcm16(audio: torch.Tensor) -> bytes:

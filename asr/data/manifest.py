@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
@@ -71,6 +72,14 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
                 raise ManifestError(f"{path}:{number}: missing key(s) {', '.join(missing)}")
             entries.append(entry)
     return entries
+
+
+def sample_entries(entries: list[dict], sample: int | None, seed: int = 0) -> list[dict]:
+    """A seeded random subset of ``sample`` entries (all of them without it), in manifest order."""
+    if sample is None or sample >= len(entries):
+        return entries
+    chosen = sorted(random.Random(seed).sample(range(len(entries)), sample))
+    return [entries[i] for i in chosen]
 
 
 def write_manifest(path: str | os.PathLike, entries: Iterable[dict]) -> None:
