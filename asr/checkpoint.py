@@ -1,6 +1,7 @@
 """One self-describing checkpoint file: model name + config, tokenizer, weights (CMVN
-statistics included, as model buffers), training metadata, and optionally the trainer state
-needed for exact resume.
+statistics included, as model buffers), training metadata, optionally the trainer state
+needed for exact resume, and optionally the word LM the model decodes with by default
+(:class:`LanguageModel`, put there by ``asr attach-lm``).
 
 Files are written atomically (temporary file in the same folder, fsync, rename), so a crash
 mid-save never leaves a truncated checkpoint in place of a good one.
@@ -25,6 +26,19 @@ FORMAT = "asr-checkpoint-1"
 
 
 @dataclass
+class LanguageModel:
+    """A word n-gram LM and/or a lexicon carried inside a checkpoint, with the beam search
+    weights tuned for this model: the file alone then decodes as its recipe measured it
+    (``asr transcribe`` uses them unless told otherwise). The texts are the files' contents,
+    so the checkpoint can be copied anywhere."""
+
+    arpa: str | None  # ARPA text; None: no LM
+    lexicon: str | None  # lexicon file text (asr.decoding.write_lexicon); None: lexicon-free search
+    lm_weight: float
+    word_score: float
+
+
+@dataclass
 class Checkpoint:
     model_name: str
     model_config: dict[str, Any]
@@ -32,6 +46,7 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     metadata: dict[str, Any] = field(default_factory=dict)
     trainer_state: dict[str, Any] | None = None
+    language_model: LanguageModel | None = None
 
     @property
     def training_config(self) -> dict[str, Any]:
@@ -57,6 +72,7 @@ def save_checkpoint(
     tokenizer: Tokenizer,
     metadata: dict[str, Any] | None = None,
     trainer_state: dict[str, Any] | None = None,
+    language_model: LanguageModel | None = None,
 ) -> None:
     """Write a checkpoint atomically. Weights are stored on CPU (loads anywhere)."""
     model = getattr(model, "module", model)  # unwrap DDP
@@ -67,6 +83,7 @@ def save_checkpoint(
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "metadata": metadata or {},
         "trainer_state": trainer_state,
+        "language_model": _plain(language_model),
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,7 +101,9 @@ def save_checkpoint(
 
 def write_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
     """Write a loaded (or averaged) :class:`Checkpoint` back to a file, atomically."""
-    save_checkpoint(path, ckpt.build_model(), ckpt.model_name, ckpt.tokenizer, ckpt.metadata, ckpt.trainer_state)
+    save_checkpoint(
+        path, ckpt.build_model(), ckpt.model_name, ckpt.tokenizer, ckpt.metadata, ckpt.trainer_state, ckpt.language_model
+    )
 
 
 class CheckpointError(RuntimeError):
@@ -109,6 +128,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         state_dict=payload["state_dict"],
         metadata=payload["metadata"],
         trainer_state=payload["trainer_state"],
+        language_model=LanguageModel(**lm) if (lm := payload.get("language_model")) else None,
     )
 
 

@@ -64,7 +64,7 @@ def _transcribe(args: argparse.Namespace) -> int:
         return 2
 
     try:
-        transcriber = Transcriber(args.model, device=args.device, beam=_beam_options(args))
+        transcriber = Transcriber(args.model, device=args.device, beam=_beam_options(args), greedy=args.greedy)
     except (RuntimeError, OSError, ImportError, ValueError) as err:
         return _fail(err)
     render = {"json": lambda result, entry: to_json(result, **entry) + "\n",
@@ -110,18 +110,34 @@ def _positive_int(value: str) -> int:
 BEAM_OPTIONS = ("beam_size", "lm", "lexicon", "lm_weight", "word_score")
 
 
-def _add_beam_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("beam search (decoding is greedy unless one of these is given)")
+def _add_beam_options(p: argparse.ArgumentParser, choose_decoding: bool = True) -> None:
+    if choose_decoding:
+        g = p.add_argument_group(
+            "decoding (default: the model's own: beam search with the word LM it carries, see `asr attach-lm`, "
+            "else greedy)")
+        g.add_argument("--greedy", action="store_true", help="greedy decoding, whatever the model carries")
+        g.add_argument("--no-lm", action="store_true",
+                       help="beam search without the LM and lexicon the model carries")
+    else:
+        g = p.add_argument_group("beam search")
     g.add_argument("--beam-size", type=_positive_int, help="hypotheses kept after each frame (default: 32)")
-    g.add_argument("--lm", metavar="ARPA", help="word n-gram LM (ARPA; a KenLM binary needs --lexicon)")
+    g.add_argument("--lm", metavar="ARPA", help="word n-gram LM (ARPA; a KenLM binary needs --lexicon), "
+                   "instead of the model's")
     g.add_argument("--lexicon", help="lexicon from asr.decoding.write_lexicon: only its words are produced")
-    g.add_argument("--lm-weight", type=float, help="weight of the LM's log10 probabilities (default: 1.0)")
-    g.add_argument("--word-score", type=float, help="score added per word (default: 0.0)")
+    g.add_argument("--lm-weight", type=float,
+                   help="weight of the LM's log10 probabilities (default: the model LM's tuned weight, else 1.0)")
+    g.add_argument("--word-score", type=float,
+                   help="score added per word (default: the model LM's tuned score, else 0.0)")
 
 
 def _beam_options(args: argparse.Namespace):
-    """BeamSearchOptions from the beam options given, or None (greedy) when none is."""
+    """BeamSearchOptions from the beam options given, or None when none is (the model's own
+    decoding, or greedy with --greedy)."""
     given = {name: getattr(args, name) for name in BEAM_OPTIONS if getattr(args, name) is not None}
+    if getattr(args, "greedy", False) and (given or args.no_lm):
+        raise ValueError("--greedy takes no beam search options")
+    if getattr(args, "no_lm", False):
+        given["model_lm"] = False
     if not given:
         return None
     from asr.decoding import BeamSearchOptions
@@ -185,8 +201,18 @@ def _add_language_model(verbs: argparse._SubParsersAction) -> None:
                    help="write the best weights as decoding options, e.g. `--lm-weight 1.5 --word-score 3.0`, "
                    "for `asr decode ... $(cat FILE)`")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    _add_beam_options(p)
+    _add_beam_options(p, choose_decoding=False)
     p.set_defaults(func=_tune_lm)
+
+    p = verbs.add_parser("attach-lm", help="put a word LM and/or a lexicon, with their tuned weights, into a "
+                         "checkpoint: asr transcribe and asr decode then search with them by default")
+    p.add_argument("--model", required=True, help="checkpoint file")
+    p.add_argument("--lm", metavar="ARPA", help="word n-gram LM (ARPA text)")
+    p.add_argument("--lexicon", help="lexicon (asr lexicon); without it the search is lexicon-free")
+    p.add_argument("--lm-weight", type=float, default=1.0, help="tuned weight, from asr tune-lm (default: 1.0)")
+    p.add_argument("--word-score", type=float, default=0.0, help="tuned score per word, from asr tune-lm (default: 0.0)")
+    p.add_argument("--out", help="checkpoint to write (default: --model, replaced atomically)")
+    p.set_defaults(func=_attach_lm)
 
 
 def _transcripts(manifests: list[str]) -> list[str]:
@@ -251,6 +277,24 @@ def _tune_lm(args: argparse.Namespace) -> int:
     if args.out:
         with open(args.out, "w") as f:
             f.write(best + "\n")
+    return 0
+
+
+def _attach_lm(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from asr.checkpoint import CheckpointError, load_checkpoint, write_checkpoint
+    from asr.decoding import read_language_model
+
+    try:
+        ckpt = load_checkpoint(args.model)
+        lm = read_language_model(args.lm, args.lexicon, args.lm_weight, args.word_score)
+        write_checkpoint(args.out or args.model, dataclasses.replace(ckpt, language_model=lm))
+    except (CheckpointError, OSError, ValueError) as err:
+        return _fail(err)
+    search = " ".join(f"--{name} {getattr(args, name)}" for name in ("lm", "lexicon") if getattr(args, name))
+    print(f"{args.out or args.model}: beam search with {search} --lm-weight {args.lm_weight} "
+          f"--word-score {args.word_score} unless told otherwise")
     return 0
 
 
@@ -369,13 +413,13 @@ def _average(args: argparse.Namespace) -> int:
 def _decode(args: argparse.Namespace) -> int:
     from asr.transcribe import decode_manifest
 
-    if args.chunk_ms and _beam_options(args):
-        return _fail(ValueError("--chunk-ms streams with greedy decoding; beam search options need an offline decode"))
-
     try:
+        beam = _beam_options(args)
+        if args.chunk_ms and beam:
+            raise ValueError("--chunk-ms streams with greedy decoding; beam search options need an offline decode")
         failures = decode_manifest(
-            args.model, args.manifest, args.out, device=args.device, beam=_beam_options(args),
-            batch_size=args.batch_size, chunk_ms=args.chunk_ms,
+            args.model, args.manifest, args.out, device=args.device, beam=beam,
+            batch_size=args.batch_size, chunk_ms=args.chunk_ms, greedy=args.greedy,
         )
     except (RuntimeError, OSError, ImportError, ValueError) as err:
         return _fail(err)

@@ -22,11 +22,14 @@ import dataclasses
 import functools
 import math
 import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
+from asr.checkpoint import LanguageModel
 from asr.ngram import UNK, arpa_vocabulary
 from asr.text import ALPHABET, BLANK, Tokenizer, normalize_text
 
@@ -68,8 +71,10 @@ class BeamSearchOptions:
     beam_threshold: float = 25.0  # drop hypotheses scoring this much below the best
     lm: str | None = None  # ARPA file, or KenLM binary (binary needs a lexicon); None: no LM
     lexicon: str | None = None  # from write_lexicon; None: lexicon-free (open vocabulary)
-    lm_weight: float = 1.0  # times log10 LM probability
-    word_score: float = 0.0  # added per word (with an LM or a lexicon)
+    # without lm and lexicon, search with the LM a checkpoint carries (Transcriber), if any
+    model_lm: bool = True
+    lm_weight: float | None = None  # times log10 LM probability; None: the model LM's tuned weight, else 1.0
+    word_score: float | None = None  # added per word (with an LM or a lexicon); None: the tuned one, else 0.0
     # lexicon-free with an LM: added per word outside the LM vocabulary, on top of the LM's
     # <unk> probability (which lumps all unseen words together, so it is too kind to any one)
     unk_score: float = -3.0
@@ -97,6 +102,11 @@ class BeamSearchDecoder:
 
     def __init__(self, tokenizer: Tokenizer, options: BeamSearchOptions | None = None) -> None:
         options = options or BeamSearchOptions()
+        options = dataclasses.replace(
+            options,
+            lm_weight=1.0 if options.lm_weight is None else options.lm_weight,
+            word_score=0.0 if options.word_score is None else options.word_score,
+        )
         module = _ctc_decoder_module()
         if SIL_TOKEN in tokenizer.alphabet:
             raise ValueError(f"the alphabet holds {SIL_TOKEN!r}, which beam search uses for the space")
@@ -165,6 +175,49 @@ class BeamSearchDecoder:
         frames = [frame for _, frame in kept]
         words = result.words if self.options.lexicon is not None else self.tokenizer.decode(tokens).split()
         return Hypothesis(" ".join(words), tokens, frames, float(result.score))
+
+
+def language_model_decoder(
+    tokenizer: Tokenizer, language_model: LanguageModel, options: BeamSearchOptions | None = None
+) -> BeamSearchDecoder:
+    """Beam search with the LM (and lexicon) a checkpoint carries, its tuned weights unless
+    ``options`` sets them. flashlight reads LMs and lexicons from files, and only while the
+    decoder is built, so their texts go to a temporary folder for that long."""
+    options = options or BeamSearchOptions()
+    with tempfile.TemporaryDirectory(prefix="asr-lm-") as folder:
+        files = {}
+        for name, text in (("lm", language_model.arpa), ("lexicon", language_model.lexicon)):
+            if text is not None:
+                files[name] = str(Path(folder) / f"{name}.txt")
+                Path(files[name]).write_text(text, encoding="utf-8")
+        return BeamSearchDecoder(tokenizer, dataclasses.replace(
+            options,
+            lm=files.get("lm"),
+            lexicon=files.get("lexicon"),
+            lm_weight=language_model.lm_weight if options.lm_weight is None else options.lm_weight,
+            word_score=language_model.word_score if options.word_score is None else options.word_score,
+        ))
+
+
+def read_language_model(
+    lm: str | os.PathLike | None, lexicon: str | os.PathLike | None, lm_weight: float = 1.0, word_score: float = 0.0
+) -> LanguageModel:
+    """An ARPA LM and/or a lexicon from :func:`write_lexicon`, with their tuned weights, to put
+    in a checkpoint (``asr attach-lm``)."""
+    if lm is None and lexicon is None:
+        raise ValueError("give an LM, a lexicon or both")
+    if lm is not None and not _is_arpa(lm):
+        raise ValueError(f"{lm}: not an ARPA file (a checkpoint carries ARPA text; KenLM binaries are not portable)")
+    arpa = None if lm is None else Path(lm).read_text(encoding="utf-8")
+    text = None if lexicon is None else Path(lexicon).read_text(encoding="utf-8")
+    if text is not None and not text.strip():
+        raise ValueError(f"{lexicon}: empty lexicon")
+    return LanguageModel(arpa=arpa, lexicon=text, lm_weight=lm_weight, word_score=word_score)
+
+
+def _is_arpa(path: str | os.PathLike) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4096).lstrip().startswith(b"\\data\\")
 
 
 @functools.cache

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -33,8 +34,8 @@ from pathlib import Path
 import torch
 
 from asr.audio import SAMPLE_RATE, AudioError, iter_audio_blocks, split_on_silence
-from asr.checkpoint import load_checkpoint
-from asr.decoding import BeamSearchDecoder, BeamSearchOptions, Hypothesis, greedy_ctc_decode
+from asr.checkpoint import Checkpoint, load_checkpoint
+from asr.decoding import BeamSearchDecoder, BeamSearchOptions, Hypothesis, greedy_ctc_decode, language_model_decoder
 from asr.features import HOP_LENGTH, LogMelFrontend, num_frames
 from asr.text import Tokenizer
 
@@ -61,8 +62,12 @@ class Transcriber:
     """Holds a model in eval mode and transcribes files or waveforms.
 
     Long recordings are read block by block and cut at quiet points into segments of at most
-    ``max_segment_seconds``, so memory does not grow with the length of the file. ``beam``
-    selects beam search (optionally with a word LM); without it decoding is greedy.
+    ``max_segment_seconds``, so memory does not grow with the length of the file.
+
+    Decoding is the checkpoint's own by default: beam search with the word LM it carries
+    (``asr attach-lm``, as its recipe decodes), else greedy. ``beam`` sets the beam search
+    (with its own ``lm``/``lexicon`` files, or the checkpoint's LM unless ``model_lm=False``);
+    ``greedy=True`` decodes greedily whatever the checkpoint carries.
     """
 
     def __init__(
@@ -71,7 +76,10 @@ class Transcriber:
         device: str = "cpu",
         max_segment_seconds: float = 30.0,
         beam: BeamSearchOptions | None = None,
+        greedy: bool = False,
     ) -> None:
+        if greedy and beam is not None:
+            raise ValueError("greedy decoding takes no beam search options")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError("--device cuda requested but CUDA is not available; use --device cpu")
         ckpt = load_checkpoint(checkpoint)
@@ -85,7 +93,7 @@ class Transcriber:
         # zeros, which the frontend's energy floor turns into the dither it was trained with
         self.edge_samples = int(training.get("data", {}).get("augment", {}).get("pad_s", 0.0) / 2 * SAMPLE_RATE)
         self.max_segment_seconds = max_segment_seconds
-        self.beam_decoder = BeamSearchDecoder(self.tokenizer, beam) if beam is not None else None
+        self.beam_decoder = None if greedy else _beam_decoder(ckpt, beam)
         # seconds per output frame: the model's subsampling of the 10 ms feature frames, read
         # off a length long enough for its rounding not to matter
         probe = 100_000
@@ -201,6 +209,23 @@ class Transcriber:
     def _segments(self, path: str | os.PathLike) -> Iterator[tuple[float, torch.Tensor]]:
         blocks = iter_audio_blocks(path, seconds=self.max_segment_seconds)
         return split_on_silence(blocks, self.max_segment_seconds, self.max_segment_seconds / 2)
+
+
+def _beam_decoder(ckpt: Checkpoint, beam: BeamSearchOptions | None) -> BeamSearchDecoder | None:
+    """The beam search ``beam`` asks for, the checkpoint's own LM search, or None (greedy)."""
+    own = ckpt.language_model
+    if beam is not None and (beam.lm is not None or beam.lexicon is not None or not beam.model_lm or own is None):
+        return BeamSearchDecoder(ckpt.tokenizer, beam)
+    if own is None:
+        return None
+    try:
+        return language_model_decoder(ckpt.tokenizer, own, beam)
+    except ImportError as err:
+        if beam is not None:  # asked for: fail
+            raise
+        # the default: a model still transcribes where flashlight-text is missing
+        print(f"warning: {err}; decoding greedily, without the model's word LM", file=sys.stderr)
+        return None
 
 
 @dataclass
@@ -331,22 +356,23 @@ def decode_manifest(
     beam: BeamSearchOptions | None = None,
     batch_size: int = 1,
     chunk_ms: int | None = None,
+    greedy: bool = False,
 ) -> int:
     """Decode every utterance of a manifest into ``id<TAB>text`` lines; returns failures.
+
+    Decoding is as :class:`Transcriber`'s (``beam``, ``greedy``: the checkpoint's own by default).
 
     With ``chunk_ms``, each utterance is streamed through a :class:`~asr.streaming.Recognizer`
     (a streaming model) in chunks of that many milliseconds, endpointing included, exactly
     as ``asr stream`` would recognise it.
     """
-    import sys
-
     from tqdm import tqdm
 
     from asr.data.manifest import read_manifest
 
     entries = read_manifest(manifest)
     if chunk_ms is None:
-        transcriber = Transcriber(checkpoint, device=device, beam=beam)
+        transcriber = Transcriber(checkpoint, device=device, beam=beam, greedy=greedy)
         results = transcriber.transcribe_files([entry["audio"] for entry in entries], batch_size=batch_size)
     else:
         results = _stream_files(checkpoint, [entry["audio"] for entry in entries], device, chunk_ms)
@@ -393,7 +419,7 @@ def manifest_log_probs(
     from asr.data.manifest import read_manifest, sample_entries
     from asr.text import normalize_text
 
-    transcriber = Transcriber(checkpoint, device=device)
+    transcriber = Transcriber(checkpoint, device=device, greedy=True)  # its log-probs only
     log_probs, lengths, references = [], [], []
     entries = sample_entries(read_manifest(manifest), sample)
     for entry in tqdm(entries, desc="log-probs", unit="utt", mininterval=2.0):

@@ -335,3 +335,83 @@ def test_word_spans_keep_a_doubled_letter_that_has_its_own_frames():
     assert [len(s) for s in _word_spans(["BOOK", "S"], chars, TOK)] == [4, 1]
     collapsed = [(TOK.tokens.index(c), f) for f, c in enumerate("BOKS")]
     assert [[f for _, f in s] for s in _word_spans(["BOOK", "S"], collapsed, TOK)] == [[0, 1, 2], [3]]
+
+
+# ---- a checkpoint that carries its LM ------------------------------------------------------
+
+@requires_flashlight
+def test_a_checkpoint_decodes_with_the_lm_it_carries(tiny_checkpoint, tmp_path):
+    """`asr attach-lm` puts an LM, a lexicon and weights into the checkpoint: the Transcriber
+    then searches with them by default, exactly as with the files given explicitly, after the
+    files are gone; --greedy and --no-lm step around them."""
+    import subprocess
+
+    from asr.checkpoint import load_checkpoint
+    from asr.transcribe import Transcriber
+
+    # the lexicon lacks OPEN, DOOR and PLEASE of sentence 0: the search must replace them
+    other_words = sorted({w for s in tiny_checkpoint.sentences[1:] for w in s.upper().split()})
+    write_lexicon(other_words, tmp_path / "lexicon.txt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        build_arpa([s.upper() for s in tiny_checkpoint.sentences[1:]], tmp_path / "lm.arpa", order=2)
+    attached = tmp_path / "attached.pt"
+    result = subprocess.run(
+        [sys.executable, "-m", "asr", "attach-lm", "--model", str(tiny_checkpoint.path), "--out", str(attached),
+         "--lm", str(tmp_path / "lm.arpa"), "--lexicon", str(tmp_path / "lexicon.txt"),
+         "--lm-weight", "0.5", "--word-score", "1.5"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    explicit = BeamSearchOptions(lm=str(tmp_path / "lm.arpa"), lexicon=str(tmp_path / "lexicon.txt"),
+                                 lm_weight=0.5, word_score=1.5)
+    audio = tiny_checkpoint.audio[0]
+    expected = Transcriber(tiny_checkpoint.path, beam=explicit).transcribe_audio(audio).text
+    assert load_checkpoint(tiny_checkpoint.path).language_model is None
+    (tmp_path / "lm.arpa").unlink()
+    (tmp_path / "lexicon.txt").unlink()
+
+    own = Transcriber(attached).transcribe_audio(audio).text
+    assert own == expected
+    assert own and set(own.split()) <= set(other_words)
+    greedy = tiny_checkpoint.sentences[0].upper()
+    assert Transcriber(attached, greedy=True).transcribe_audio(audio).text == greedy
+    assert Transcriber(attached, beam=BeamSearchOptions(model_lm=False)).transcribe_audio(audio).text == greedy
+    # a weight given overrides the carried one, the rest still comes from the checkpoint
+    wider = Transcriber(attached, beam=BeamSearchOptions(beam_size=64)).beam_decoder.options
+    assert (wider.beam_size, wider.lm_weight, wider.word_score, wider.lexicon is not None) == (64, 0.5, 1.5, True)
+    assert Transcriber(attached, beam=BeamSearchOptions(word_score=-2.0)).beam_decoder.options.word_score == -2.0
+
+
+@requires_flashlight
+def test_a_model_without_flashlight_falls_back_to_greedy(tiny_checkpoint, tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    from asr.checkpoint import load_checkpoint, write_checkpoint
+    from asr.decoding import read_language_model
+    from asr.transcribe import Transcriber
+
+    write_lexicon(["CAT"], tmp_path / "lexicon.txt")
+    ckpt = load_checkpoint(tiny_checkpoint.path)
+    lexicon_only = read_language_model(None, tmp_path / "lexicon.txt")
+    write_checkpoint(tmp_path / "attached.pt", dataclasses.replace(ckpt, language_model=lexicon_only))
+    assert Transcriber(tmp_path / "attached.pt").transcribe_audio(tiny_checkpoint.audio[0]).text == "CAT"
+    monkeypatch.setitem(sys.modules, "flashlight.lib.text.decoder", None)  # import now fails
+    transcriber = Transcriber(tmp_path / "attached.pt")
+    assert transcriber.transcribe_audio(tiny_checkpoint.audio[0]).text == tiny_checkpoint.sentences[0].upper()
+    assert "pip install 'asr[lm]'; decoding greedily, without the model's word LM" in capsys.readouterr().err
+    with pytest.raises(ImportError):  # asked for beam search: no silent fallback
+        Transcriber(tmp_path / "attached.pt", beam=BeamSearchOptions(beam_size=8))
+
+
+def test_attach_lm_takes_arpa_text_only(tmp_path):
+    from asr.decoding import read_language_model
+
+    (tmp_path / "lm.bin").write_bytes(b"mmap lm http://kheafield.com/code format version 5\0\0")
+    with pytest.raises(ValueError, match="lm.bin: not an ARPA file"):
+        read_language_model(tmp_path / "lm.bin", None)
+    with pytest.raises(ValueError, match="give an LM, a lexicon or both"):
+        read_language_model(None, None)
+    (tmp_path / "empty.txt").write_text("\n")
+    with pytest.raises(ValueError, match="empty.txt: empty lexicon"):
+        read_language_model(None, tmp_path / "empty.txt")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from asr.checkpoint import load_checkpoint
 from conftest import requires_espeak
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,6 +85,12 @@ def test_synthetic_recipe_quick_runs_end_to_end(tmp_path):
         assert {w for line in hypotheses for w in line.split("\t")[1].split()} <= words
     else:
         assert not lexicon.exists() and "lexicon-free" in results
+    # final.pt carries the LM, the lexicon and the tuned weights: asr transcribe's default
+    carried = load_checkpoint(tmp_path / "exp" / "final.pt").language_model
+    assert carried.arpa == (tmp_path / "exp" / "lm" / "3gram.arpa").read_text()
+    assert carried.lexicon == (lexicon.read_text() if lexicon.exists() else None)
+    weights = (tmp_path / "exp" / "lm" / "weights.args").read_text().split()
+    assert weights == ["--lm-weight", str(carried.lm_weight), "--word-score", str(carried.word_score)]
 
     # idempotent: a second run skips every stage and prints the same last line
     again = run_recipe("synthetic", tmp_path, "--stop-stage", "10")
@@ -104,6 +111,8 @@ def test_fsdd_recipe_quick_learns(tmp_path):
     hypotheses = (tmp_path / "exp" / "decode_test_beam_lexicon" / "hyp.txt").read_text().splitlines()
     words = {w for line in hypotheses for w in line.partition("\t")[2].split()}
     assert len(hypotheses) == 1000 and words and words <= set("ZERO ONE TWO THREE FOUR FIVE SIX SEVEN EIGHT NINE".split())
+    carried = load_checkpoint(tmp_path / "exp" / "final.pt").language_model  # asr transcribe's default
+    assert carried.lexicon == (tmp_path / "exp" / "lexicon.txt").read_text() and carried.arpa is None
 
 
 @pytest.mark.slow
@@ -117,6 +126,8 @@ def test_speechocean762_recipe_quick_runs_end_to_end(tmp_path):
     assert '"id": "sp0.9-' in manifest and '"id": "sp1.1-' in manifest and ".flac" in manifest
     results = (tmp_path / "exp" / "RESULTS.md").read_text()
     assert "| test |" in results and "| dev |" in results and "| test_beam_lm |" in results
+    carried = load_checkpoint(tmp_path / "exp" / "final.pt").language_model  # asr transcribe's default
+    assert carried.arpa == (tmp_path / "exp" / "lm" / "3gram.arpa").read_text() and carried.lexicon is None
     assert re.search(r"streamed in 160 ms chunks \(stage 8\):\n\n```\nWER \d\.\d{4}", results)
     breakdown = results[results.index("test: WER and CER by speaker age"):]
     assert re.search(r"^  adult  WER \d\.\d{4}  CER \d\.\d{4}  \(\d+ utterances", breakdown, re.M)

@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     entries = sample_entries(read_manifest(args.manifest), args.sample or None, args.seed)
     audios = [load_audio(entry["audio"]) for entry in tqdm(entries, desc="load", unit="utt", mininterval=2.0)]
     references = [normalize_text(entry["text"])[0] for entry in entries]
-    transcriber = Transcriber(args.model)
+    transcriber = Transcriber(args.model, greedy=True)
 
     conditions = [("as recorded", "none", 0.0)]
     conditions += [(f"gain {g:+g} dB", "gain", g) for g in args.gains_db]

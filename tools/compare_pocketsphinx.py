@@ -55,7 +55,7 @@ def asr_transcribe(model: str | os.PathLike, audios: list[torch.Tensor]) -> tupl
     """Transcribe 16 kHz waveforms with an asr checkpoint (greedy CTC); returns (texts, seconds)."""
     from asr.transcribe import Transcriber
 
-    transcriber = Transcriber(model)
+    transcriber = Transcriber(model, greedy=True)
     texts, seconds = [], 0.0
     for audio in audios:
         start = time.process_time()

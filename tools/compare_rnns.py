@@ -146,7 +146,7 @@ def decode_test_set(checkpoint: Path, manifest: Path, hyp_path: Path) -> tuple[f
     torch.set_num_threads(1)
     try:
         start = time.perf_counter()
-        decode_manifest(checkpoint, manifest, hyp_path)
+        decode_manifest(checkpoint, manifest, hyp_path, greedy=True)
         seconds = time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)

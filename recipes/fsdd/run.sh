@@ -49,12 +49,15 @@ if run_stage 4 "average the last 3 epochs -> $exp/final.pt" "$exp/.average.done"
   touch "$exp/.average.done"
 fi
 
+# The lexicon (the ten digit words) goes into final.pt, which `asr transcribe` then searches
+# over by default (--greedy to decode without it).
 if run_stage 5 "decode test (unseen speakers): greedy, and beam search over the training words" "$exp/.decode.done"; then
   mkdir -p "$exp/decode_test" "$exp/decode_test_beam_lexicon"
-  asr decode --model "$exp/final.pt" --manifest "$data/test.jsonl" --out "$exp/decode_test/hyp.txt"
+  asr decode --model "$exp/final.pt" --greedy --manifest "$data/test.jsonl" --out "$exp/decode_test/hyp.txt"
   asr lexicon --manifest "$data/train.jsonl" --out "$exp/lexicon.txt"
   asr decode --model "$exp/final.pt" --manifest "$data/test.jsonl" --lexicon "$exp/lexicon.txt" \
     --out "$exp/decode_test_beam_lexicon/hyp.txt"
+  asr attach-lm --model "$exp/final.pt" --lexicon "$exp/lexicon.txt"
   touch "$exp/.decode.done"
 fi
 

@@ -84,7 +84,7 @@ if run_stage 6 "decode ${eval_sets[*]} (greedy)" "$exp/.decode.done"; then
   device=$(python -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')
   for subset in "${eval_sets[@]}"; do
     mkdir -p "$exp/decode_$subset"
-    asr decode --model "$exp/final.pt" --manifest "$data/$subset.jsonl" --out "$exp/decode_$subset/hyp.txt" \
+    asr decode --model "$exp/final.pt" --greedy --manifest "$data/$subset.jsonl" --out "$exp/decode_$subset/hyp.txt" \
       --device "$device" --batch-size 16
   done
   touch "$exp/.decode.done"

@@ -118,7 +118,7 @@ fi
 if run_stage 5 "decode dev and test (greedy)" "$exp/.decode.done"; then
   for split in dev test; do
     mkdir -p "$exp/decode_$split"
-    asr decode --model "$exp/final.pt" --manifest "$data/$split.jsonl" --out "$exp/decode_$split/hyp.txt"
+    asr decode --model "$exp/final.pt" --greedy --manifest "$data/$split.jsonl" --out "$exp/decode_$split/hyp.txt"
   done
   touch "$exp/.decode.done"
 fi
@@ -126,7 +126,8 @@ fi
 # A word 3-gram from training text only: the training prompts (once each, not the speed
 # copies) and, but for --quick, the synthetic corpus's training sentences, which cut the test
 # words the LM has never seen from 5.9% to 1.1%. Test sentences are mostly unseen, so the beam
-# search is lexicon-free and any word can still be spelled. Weights tuned on dev.
+# search is lexicon-free and any word can still be spelled. Weights tuned on dev. The LM and
+# its weights go into final.pt, which `asr transcribe` then decodes with by default.
 if run_stage 6 "word 3-gram LM from the training text; beam search + LM on test" "$exp/.lm.done"; then
   mkdir -p "$exp/lm" "$exp/decode_test_beam_lm"
   require_manifests "$lm_text"
@@ -135,6 +136,7 @@ if run_stage 6 "word 3-gram LM from the training text; beam search + LM on test"
     $tune_grid --out "$exp/lm/weights.args"
   asr decode --model "$exp/final.pt" --manifest "$data/test.jsonl" --lm "$exp/lm/3gram.arpa" \
     $(cat "$exp/lm/weights.args") --out "$exp/decode_test_beam_lm/hyp.txt"
+  asr attach-lm --model "$exp/final.pt" --lm "$exp/lm/3gram.arpa" $(cat "$exp/lm/weights.args")
   touch "$exp/.lm.done"
 fi
 

@@ -58,7 +58,7 @@ fi
 if run_stage 6 "decode dev and test (greedy)" "$exp/.decode.done"; then
   for split in dev test; do
     mkdir -p "$exp/decode_$split"
-    asr decode --model "$exp/final.pt" --manifest "$data/$split.jsonl" --out "$exp/decode_$split/hyp.txt"
+    asr decode --model "$exp/final.pt" --greedy --manifest "$data/$split.jsonl" --out "$exp/decode_$split/hyp.txt"
   done
   touch "$exp/.decode.done"
 fi
@@ -66,7 +66,8 @@ fi
 # The test sentences, and 7% of their words, are unseen in training. The LM knows only the
 # training text; the lexicon adds an English word list (Debian's wamerican, 100k words), so
 # that the decoder can still produce a word the LM has never seen (it costs the LM's <unk>).
-# Without the word list, the beam search is lexicon-free and may spell any word.
+# Without the word list, the beam search is lexicon-free and may spell any word. Stage 8 puts
+# the LM, the lexicon and the tuned weights into final.pt: `asr transcribe`'s default decoding.
 words=/usr/share/dict/american-english
 if run_stage 7 "word 3-gram LM from the training transcripts, and a lexicon" "$exp/.lm.done"; then
   mkdir -p "$exp/lm"
@@ -87,10 +88,11 @@ if run_stage 8 "beam search, and beam search + LM with weights tuned on dev" "$e
   asr tune-lm --model "$exp/final.pt" --manifest "$data/dev.jsonl" --lm "$exp/lm/3gram.arpa" "${lexicon[@]}" \
     $tune_grid --word-scores $word_scores --out "$exp/lm/weights.args"
   mkdir -p "$exp/decode_test_beam" "$exp/decode_test_beam_lm"
-  asr decode --model "$exp/final.pt" --manifest "$data/test.jsonl" --beam-size 32 \
+  asr decode --model "$exp/final.pt" --manifest "$data/test.jsonl" --no-lm --beam-size 32 \
     --out "$exp/decode_test_beam/hyp.txt"
   asr decode --model "$exp/final.pt" --manifest "$data/test.jsonl" --lm "$exp/lm/3gram.arpa" "${lexicon[@]}" \
     $(cat "$exp/lm/weights.args") --out "$exp/decode_test_beam_lm/hyp.txt"
+  asr attach-lm --model "$exp/final.pt" --lm "$exp/lm/3gram.arpa" "${lexicon[@]}" $(cat "$exp/lm/weights.args")
   touch "$exp/.beam.done"
 fi
 
