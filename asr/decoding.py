@@ -206,18 +206,16 @@ def read_language_model(
     in a checkpoint (``asr attach-lm``)."""
     if lm is None and lexicon is None:
         raise ValueError("give an LM, a lexicon or both")
-    if lm is not None and not _is_arpa(lm):
-        raise ValueError(f"{lm}: not an ARPA file (a checkpoint carries ARPA text; KenLM binaries are not portable)")
-    arpa = None if lm is None else Path(lm).read_text(encoding="utf-8")
+    arpa = None
+    if lm is not None:
+        data = Path(lm).read_bytes()
+        if not data.lstrip().startswith(b"\\data\\"):
+            raise ValueError(f"{lm}: not an ARPA file (a checkpoint carries ARPA text; KenLM binaries are not portable)")
+        arpa = data.decode("utf-8")
     text = None if lexicon is None else Path(lexicon).read_text(encoding="utf-8")
     if text is not None and not text.strip():
         raise ValueError(f"{lexicon}: empty lexicon")
     return LanguageModel(arpa=arpa, lexicon=text, lm_weight=lm_weight, word_score=word_score)
-
-
-def _is_arpa(path: str | os.PathLike) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4096).lstrip().startswith(b"\\data\\")
 
 
 @functools.cache
