@@ -18,12 +18,14 @@ probabilities, and ``word_score`` per word.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
 import os
+import sys
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,7 +186,9 @@ def language_model_decoder(
     ``options`` sets them. flashlight reads LMs and lexicons from files, and only while the
     decoder is built, so their texts go to a temporary folder for that long."""
     options = options or BeamSearchOptions()
-    with tempfile.TemporaryDirectory(prefix="asr-lm-") as folder:
+    # KenLM announces each load on stderr with the temporary path ("Reading /tmp/asr-lm-.../lm.txt"
+    # and a progress bar), which means nothing to the user; its errors still raise
+    with tempfile.TemporaryDirectory(prefix="asr-lm-") as folder, _native_stderr_silenced():
         files = {}
         for name, text in (("lm", language_model.arpa), ("lexicon", language_model.lexicon)):
             if text is not None:
@@ -197,6 +201,20 @@ def language_model_decoder(
             lm_weight=language_model.lm_weight if options.lm_weight is None else options.lm_weight,
             word_score=language_model.word_score if options.word_score is None else options.word_score,
         ))
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block (C++ libraries write there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def read_language_model(

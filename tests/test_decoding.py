@@ -340,10 +340,11 @@ def test_word_spans_keep_a_doubled_letter_that_has_its_own_frames():
 # ---- a checkpoint that carries its LM ------------------------------------------------------
 
 @requires_flashlight
-def test_a_checkpoint_decodes_with_the_lm_it_carries(tiny_checkpoint, tmp_path):
+def test_a_checkpoint_decodes_with_the_lm_it_carries(tiny_checkpoint, tmp_path, capfd):
     """`asr attach-lm` puts an LM, a lexicon and weights into the checkpoint: the Transcriber
     then searches with them by default, exactly as with the files given explicitly, after the
-    files are gone; --greedy and --no-lm step around them."""
+    files are gone (and without KenLM's loading chatter about its temporary copy); --greedy and
+    --no-lm step around them."""
     import subprocess
 
     from asr.checkpoint import load_checkpoint
@@ -371,7 +372,9 @@ def test_a_checkpoint_decodes_with_the_lm_it_carries(tiny_checkpoint, tmp_path):
     (tmp_path / "lm.arpa").unlink()
     (tmp_path / "lexicon.txt").unlink()
 
+    capfd.readouterr()
     own = Transcriber(attached).transcribe_audio(audio).text
+    assert "asr-lm-" not in capfd.readouterr().err
     assert own == expected
     assert own and set(own.split()) <= set(other_words)
     greedy = tiny_checkpoint.sentences[0].upper()

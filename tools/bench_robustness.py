@@ -13,6 +13,7 @@ Each condition decodes the same utterances greedily with ``asr.transcribe.Transc
 Prints a Markdown table of WER and CER per condition, the first row being the audio as it
 is. Recordings differ in level by 20 dB and more, and microphones hiss: a model that only
 knows the level and cleanliness of its training corpus fails on them, and this shows by how much.
+Progress bars show on a terminal only, so that a log file holds just the table.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     entries = sample_entries(read_manifest(args.manifest), args.sample or None, args.seed)
-    audios = [load_audio(entry["audio"]) for entry in tqdm(entries, desc="load", unit="utt", mininterval=2.0)]
+    audios = [load_audio(entry["audio"]) for entry in tqdm(entries, desc="load", unit="utt", mininterval=2.0, disable=None)]
     references = [normalize_text(entry["text"])[0] for entry in entries]
     transcriber = Transcriber(args.model, greedy=True)
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, kind, value in conditions:
         heard = [changed(audio, i, kind, value) for i, audio in enumerate(audios)]
         hypotheses = []
-        for start in tqdm(range(0, len(heard), args.batch_size), desc=name, leave=False, mininterval=2.0):
+        for start in tqdm(range(0, len(heard), args.batch_size), desc=name, leave=False, mininterval=2.0, disable=None):
             hypotheses += [t.text for t in transcriber.transcribe_batch(heard[start : start + args.batch_size])]
         print(f"| {name} | {jiwer.wer(references, hypotheses):.3f} | {jiwer.cer(references, hypotheses):.3f} |", flush=True)
 
