@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The newcomer's main job: set up, train the synthetic recipe end to end (16.5 minutes measured
+# The newcomer's main job: set up, train the synthetic recipe end to end (16.5-26.5 minutes measured
 # on 2 CPU cores from a fresh clone), then transcribe an unseen test utterance with the model's
 # own decoding (beam search with the word LM the recipe put into final.pt) and greedily, and
 # show both next to its reference.
