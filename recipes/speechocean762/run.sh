@@ -15,9 +15,9 @@
 # (conf/mixed.yaml). The default strategy's model is exp/final.pt, the others' exp/<strategy>/.
 # --data-root: the corpus folder (default: SPEECHOCEAN762_ROOT or ../../../shared/data/speechocean762);
 # --download: fetch OpenSLR's tarball into DATA/download instead (--mirror: another base URL).
-# Stage 8, run only when asked (--stage 8), trains the streaming GRU for `asr stream` on this
-# corpus plus the synthetic one (conf/gru_streaming.yaml -> exp/streaming.pt; --quick: this
-# corpus alone) and scores it streamed in 160 ms chunks.
+# Stage 8, run only when asked (--stage 8), fine-tunes the synthetic recipe's streaming GRU
+# (recipes/synthetic/run.sh --stage 10) for `asr stream` on this corpus (conf/gru_streaming.yaml
+# -> exp/streaming.pt; --quick: a small one from scratch) and scores it streamed in 160 ms chunks.
 # --quick: 100 utterances per split, a tiny model, one epoch (CI). Stages are idempotent
 # (.done markers); an interrupted training resumes from exp/last.pt.
 set -euo pipefail
@@ -68,10 +68,6 @@ fi
 # mixed: the synthetic corpus and FSDD's training takes, made by their recipes (conf/mixed.yaml)
 train_manifests=$data/train.jsonl
 [ "$strategy" = mixed ] && train_manifests+=,../synthetic/data/default/train.jsonl,../fsdd/data/train.jsonl
-# stage 8's streaming GRU: from scratch on speechocean762 alone it was still near CTC's all-blank
-# plateau after 1,700 batches (dev CER 0.75); the synthetic corpus's clean voices get it moving
-stream_manifests=$data/train.jsonl
-$quick || stream_manifests+=,../synthetic/data/default/train.jsonl
 lm_text=$data/original/train.jsonl
 $quick || lm_text+=,../synthetic/data/default/train.jsonl
 mkdir -p "$data" "$exp"
@@ -164,8 +160,11 @@ if run_stage 7 "score, children vs adults -> $exp/RESULTS.md" "$exp/.score.done"
 fi
 
 if run_stage 8 "train the streaming GRU ($stream_conf) -> $exp/streaming.pt; decode streamed" "$exp/.streaming.done"; then
-  require_manifests "$stream_manifests"
-  train_streaming "$stream_conf" "$exp" "$data" 3 "$stream_manifests"
+  if ! $quick && [ ! -f ../synthetic/exp/streaming.pt ]; then
+    echo "error: stage 8 fine-tunes ../synthetic/exp/streaming.pt; run recipes/synthetic/run.sh --stage 10 first" >&2
+    exit 1
+  fi
+  train_streaming "$stream_conf" "$exp" "$data" 3
   asr score "$data/test.jsonl" "$exp/decode_test_streaming/hyp.txt" --by age_group \
     --alignments "$exp/decode_test_streaming/alignments.txt" > "$exp/decode_test_streaming/score.txt"
   {
