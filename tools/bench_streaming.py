@@ -18,6 +18,7 @@ overridden). Columns:
 
     python tools/bench_streaming.py                   # 60 s of audio, default model size
     python tools/bench_streaming.py --hidden 256 --layers 4 --lookahead 1
+    python tools/bench_streaming.py --layer-norm      # the recipes' streaming models
 """
 
 from __future__ import annotations
@@ -91,15 +92,18 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, help="GRU size (default: the model's default)")
     parser.add_argument("--layers", type=int, help="GRU layers (default: the model's default)")
     parser.add_argument("--lookahead", type=int, help="look-ahead output frames (default: the model's default)")
+    parser.add_argument("--layer-norm", action="store_true", help="LayerNorm + residual per GRU layer, as the recipes train")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    overrides = {"hidden_size": args.hidden, "num_layers": args.layers, "lookahead": args.lookahead}
+    overrides = {"hidden_size": args.hidden, "num_layers": args.layers, "lookahead": args.lookahead,
+                 "layer_norm": args.layer_norm or None}
     model = build_model("streaming_gru", {k: v for k, v in overrides.items() if v is not None}, verbose=False).eval()
     c = model.config
     audio = speech_like(args.seconds)
     print(
-        f"streaming_gru hidden {c.hidden_size} x {c.num_layers} layers, look-ahead {c.lookahead} "
+        f"streaming_gru hidden {c.hidden_size} x {c.num_layers} layers{' with layer norm' if c.layer_norm else ''}, "
+        f"look-ahead {c.lookahead} "
         f"({c.lookahead * c.time_stride * 10} ms), {count_parameters(model) / 1e6:.2f}M parameters; "
         f"{args.seconds:.0f} s of audio, {args.threads} thread(s), torch {torch.__version__}\n"
     )
