@@ -272,9 +272,10 @@ def _input_device(sd, device: str | int | None) -> dict:
 
 
 @contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Silence C-level stderr: ALSA and PortAudio print several lines for each setting a
-    device refuses, although a refusal is an answer here, not an error."""
+def quiet_native_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block, where C and C++ libraries write directly:
+    ALSA and PortAudio print several lines for each setting a device refuses (a refusal is an
+    answer there, not an error), KenLM announces each LM it loads."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:
@@ -292,7 +293,7 @@ def _capture_settings(sd, info: dict) -> tuple[int, int]:
     for rate in dict.fromkeys((SAMPLE_RATE, native)):
         for channels in dict.fromkeys((1, min(2, info["max_input_channels"]))):
             try:
-                with _quiet_stderr():
+                with quiet_native_stderr():
                     sd.check_input_settings(device=info["index"], samplerate=rate, channels=channels, dtype="int16")
                 return rate, channels
             except sd.PortAudioError:

@@ -18,19 +18,18 @@ probabilities, and ``word_score`` per word.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
 import os
-import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from asr.audio import quiet_native_stderr
 from asr.checkpoint import LanguageModel
 from asr.ngram import UNK, arpa_vocabulary
 from asr.text import ALPHABET, BLANK, Tokenizer, normalize_text
@@ -188,7 +187,7 @@ def language_model_decoder(
     options = options or BeamSearchOptions()
     # KenLM announces each load on stderr with the temporary path ("Reading /tmp/asr-lm-.../lm.txt"
     # and a progress bar), which means nothing to the user; its errors still raise
-    with tempfile.TemporaryDirectory(prefix="asr-lm-") as folder, _native_stderr_silenced():
+    with tempfile.TemporaryDirectory(prefix="asr-lm-") as folder, quiet_native_stderr():
         files = {}
         for name, text in (("lm", language_model.arpa), ("lexicon", language_model.lexicon)):
             if text is not None:
@@ -201,20 +200,6 @@ def language_model_decoder(
             lm_weight=language_model.lm_weight if options.lm_weight is None else options.lm_weight,
             word_score=language_model.word_score if options.word_score is None else options.word_score,
         ))
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """File descriptor 2 to /dev/null for the block (C++ libraries write there directly)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def read_language_model(
