@@ -337,7 +337,7 @@ def _add_training(verbs: argparse._SubParsersAction) -> None:
                    help="segments or short files run through the model together (default: 1)")
     p.add_argument("--chunk-ms", type=_positive_int, metavar="MS",
                    help="streaming models: stream each utterance through the recognizer in chunks of MS, "
-                   "endpointing included, as `asr stream` would (greedy)")
+                   "endpointing included, as `asr stream` would")
     _add_beam_options(p)
     p.set_defaults(func=_decode)
 
@@ -415,8 +415,6 @@ def _decode(args: argparse.Namespace) -> int:
 
     try:
         beam = _beam_options(args)
-        if args.chunk_ms and beam:
-            raise ValueError("--chunk-ms streams with greedy decoding; beam search options need an offline decode")
         failures = decode_manifest(
             args.model, args.manifest, args.out, device=args.device, beam=beam,
             batch_size=args.batch_size, chunk_ms=args.chunk_ms, greedy=args.greedy,
@@ -588,6 +586,7 @@ def _add_stream(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--realtime", action="store_true", help="with --file: feed it at the pace of real time")
     p.add_argument("--max-seconds", type=float, metavar="S",
                    help="stop after S seconds of audio (default: at Ctrl-C or the end of --file)")
+    _add_beam_options(p)
     p.set_defaults(func=_stream)
 
 
@@ -616,7 +615,7 @@ def _stream(args: argparse.Namespace) -> int:
         if args.realtime and not args.file:
             print("error: --realtime needs --file", file=sys.stderr)
             return 2
-        recognizer = Recognizer(args.model)
+        recognizer = Recognizer(args.model, beam=_beam_options(args), greedy=args.greedy)
         if args.file:
             audio_duration(args.file)  # fails now, with a clear message, on a missing or bad file
             source = iter_audio_blocks(args.file, seconds=args.chunk_ms / 1000)
@@ -626,9 +625,8 @@ def _stream(args: argparse.Namespace) -> int:
             rate = f" at {mic.capture_rate} Hz, resampled to 16000 Hz" if mic.capture_rate != 16000 else ""
             print(f"listening on {mic.name!r}{rate}; Ctrl-C to stop", file=sys.stderr)
             source = iter(mic)
-    except (CheckpointError, MicrophoneError, AudioError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (CheckpointError, MicrophoneError, AudioError, ImportError, ValueError, OSError) as err:
+        return _fail(err)
 
     tty = sys.stdout.isatty()
     live = args.realtime or not args.file  # latencies mean something only when audio comes in real time
@@ -641,6 +639,10 @@ def _stream(args: argparse.Namespace) -> int:
                 width = shutil.get_terminal_size().columns - 1
                 sys.stdout.write("\r\033[K" + event.text[-width:])
                 sys.stdout.flush()
+            return
+        if not event.text:  # the utterance held no words after all: clear its partial
+            if tty:
+                sys.stdout.write("\r\033[K")
             return
         finals.append(event.text)
         suffix = f"  ({event.latency * 1000:.0f} ms after its last word)" if tty and live else ""

@@ -22,6 +22,7 @@ import dataclasses
 import functools
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from pathlib import Path
 import torch
 
 from asr.audio import quiet_native_stderr
-from asr.checkpoint import LanguageModel
+from asr.checkpoint import Checkpoint, LanguageModel
 from asr.ngram import UNK, arpa_vocabulary
 from asr.text import ALPHABET, BLANK, Tokenizer, normalize_text
 
@@ -164,6 +165,36 @@ class BeamSearchDecoder:
             for nbest, length in zip(results, lengths)
         ]
 
+    # Online decoding (asr.streaming): one utterance whose log-probs arrive a chunk at a time.
+    # flashlight's batch decode is these same calls over all frames at once, so the final
+    # hypothesis equals decode()'s on the whole utterance.
+    def begin(self) -> None:
+        """Start an utterance; its log-probs follow through :meth:`step`."""
+        self._decoder.decode_begin()
+        self._online_frames = 0
+
+    def step(self, log_probs: torch.Tensor) -> None:
+        """Extend the search over ``(frames, vocab)`` more log-probs of the utterance."""
+        if log_probs.ndim != 2 or log_probs.shape[-1] != len(self.tokenizer):
+            raise ValueError(f"expected log-probs (frames, {len(self.tokenizer)}), got {tuple(log_probs.shape)}")
+        if log_probs.shape[0]:
+            self._decoder.decode_step(log_probs.detach().to("cpu", torch.float32).contiguous())
+            self._online_frames += log_probs.shape[0]
+
+    def best(self) -> Hypothesis:
+        """The best hypothesis so far (over a lexicon: its complete words)."""
+        if not self._online_frames:
+            return Hypothesis("", [], [])
+        # torchaudio wraps only the final hypotheses; its _to_hypo reads flashlight's result alike
+        result = self._decoder._to_hypo([self._decoder.decoder.get_best_hypothesis()])[0]
+        return self._hypothesis(result, self._online_frames)
+
+    def end(self) -> Hypothesis:
+        """Finish the utterance (the LM's end of sentence) and return its best hypothesis."""
+        self._decoder.decode_end()
+        results = self._decoder.get_final_hypothesis()
+        return self._hypothesis(results[0], self._online_frames) if results else Hypothesis("", [], [], -math.inf)
+
     def _hypothesis(self, result, length: int) -> Hypothesis:
         # flashlight's path has length + 2 steps: a silence before frame 0 (step 0), the frames
         # (steps 1..length) and a silence after the end (step length + 1); only frames are kept.
@@ -200,6 +231,24 @@ def language_model_decoder(
             lm_weight=language_model.lm_weight if options.lm_weight is None else options.lm_weight,
             word_score=language_model.word_score if options.word_score is None else options.word_score,
         ))
+
+
+def checkpoint_decoder(ckpt: Checkpoint, beam: BeamSearchOptions | None = None) -> BeamSearchDecoder | None:
+    """The beam search ``beam`` asks for (with its own files, or the checkpoint's LM unless
+    ``beam.model_lm`` is False), else the checkpoint's own LM search, else None (greedy)."""
+    own = ckpt.language_model
+    if beam is not None and (beam.lm is not None or beam.lexicon is not None or not beam.model_lm or own is None):
+        return BeamSearchDecoder(ckpt.tokenizer, beam)
+    if own is None:
+        return None
+    try:
+        return language_model_decoder(ckpt.tokenizer, own, beam)
+    except ImportError as err:
+        if beam is not None:  # asked for: fail
+            raise
+        # the default: a model still transcribes where flashlight-text is missing
+        print(f"warning: {err}; decoding greedily, without the model's word LM", file=sys.stderr)
+        return None
 
 
 def read_language_model(

@@ -1,7 +1,12 @@
 """Streaming recognition: feed audio chunks as they arrive, get partial and final hypotheses.
 
 audio chunks -> :class:`~asr.features.StreamingLogMel` -> streaming model ``step`` ->
-incremental greedy CTC -> :class:`Event` s. Used by ``asr stream`` (microphone or file).
+incremental CTC decoding -> :class:`Event` s. Used by ``asr stream`` (microphone or file).
+
+Decoding is the checkpoint's own, as offline (:class:`~asr.transcribe.Transcriber`): beam
+search with the word LM it carries (``asr attach-lm``), extended chunk by chunk so that the
+final hypothesis costs no second pass, else greedy. Endpoints and timing always read the
+greedy path, which the beam search does not change.
 
 An utterance ends at an *endpoint* (:class:`EndpointConfig`): enough trailing silence after
 some text, or a maximum length. Its final hypothesis is emitted, and the model and decoder
@@ -22,6 +27,7 @@ from torch import nn
 
 from asr.audio import SAMPLE_RATE
 from asr.checkpoint import CheckpointError, load_checkpoint
+from asr.decoding import BeamSearchDecoder, BeamSearchOptions, checkpoint_decoder
 from asr.features import HOP_LENGTH, WIN_LENGTH, StreamingLogMel
 from asr.text import Tokenizer
 
@@ -42,7 +48,9 @@ class EndpointConfig:
 
 @dataclass
 class Event:
-    kind: str  # "partial" (the text so far, only when it changed) or "final"
+    # "partial" (the text so far, only when it changed) or "final" (the utterance's text, which
+    # the LM's search may leave empty where the greedy path heard a stray character)
+    kind: str
     text: str
     utterance: int  # 0, 1, ... within the session
     start: float  # stream seconds where the utterance's audio starts
@@ -65,6 +73,9 @@ class Recognizer:
         endpoint: endpointing rules (defaults: :class:`EndpointConfig`).
         device: where the model runs.
         clock: wall clock for latencies, in seconds.
+        beam: beam search options (:class:`~asr.decoding.BeamSearchOptions`), as for
+            :class:`~asr.transcribe.Transcriber`; by default the checkpoint's own decoding.
+        greedy: decode greedily, whatever the checkpoint carries.
     """
 
     def __init__(
@@ -74,19 +85,25 @@ class Recognizer:
         endpoint: EndpointConfig | None = None,
         device: str | torch.device = "cpu",
         clock: Callable[[], float] = time.perf_counter,
+        beam: BeamSearchOptions | None = None,
+        greedy: bool = False,
     ) -> None:
+        if greedy and beam is not None:
+            raise ValueError("greedy decoding takes no beam search options")
         if isinstance(model, (str, os.PathLike)):
             ckpt = load_checkpoint(model)
             path, model, tokenizer = model, ckpt.build_model(device), ckpt.tokenizer
             dither = ckpt.training_config.get("dither", 0.0)
             if not hasattr(model, "step"):
                 raise CheckpointError(f"{path}: a {ckpt.model_name} model cannot stream; train one with model=streaming_gru")
+            self.beam_decoder = None if greedy else checkpoint_decoder(ckpt, beam)
         else:
             dither = 0.0
             if not hasattr(model, "step"):
                 raise ValueError(f"{type(model).__name__} cannot stream: it has no step()")
-        if tokenizer is None:
-            raise ValueError("a model given without its checkpoint needs its tokenizer")
+            if tokenizer is None:
+                raise ValueError("a model given without its checkpoint needs its tokenizer")
+            self.beam_decoder: BeamSearchDecoder | None = None if beam is None else BeamSearchDecoder(tokenizer, beam)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.endpoint = endpoint or EndpointConfig()
@@ -115,13 +132,16 @@ class Recognizer:
         self._pending_start = 0
         self._decoded = 0  # output frames decoded
         self._last_id = self.tokenizer.blank_id
-        self._text = ""  # greedy hypothesis, extended character by character
-        self._last_char_frame = 0  # output frame that emitted its last character
+        self._greedy = ""  # greedy hypothesis, extended character by character
+        self._text = ""  # the hypothesis shown: the beam search's best, else the greedy one
+        self._last_char_frame = 0  # output frame of the greedy path's last character
         self._blank_run = 0
         self._partial = ""
         start_sample = first_frame * HOP_LENGTH
         while self._chunks and self._chunks[0][0] <= start_sample:
             self._chunks.popleft()
+        if self.beam_decoder is not None:
+            self.beam_decoder.begin()
 
     @torch.inference_mode()
     def accept_audio(self, chunk: torch.Tensor) -> list[Event]:
@@ -151,14 +171,14 @@ class Recognizer:
             if cut is None:
                 break
             # endpoint at output frame `cut`, which saw features up to stride * cut
-            back = 0 if self._text else min(self._replay_frames, self._blank_run // 2)
+            back = 0 if self._greedy else min(self._replay_frames, self._blank_run // 2)
             start = self.stride * (cut - back) + 1
             feats = self._pending[:, start - self._pending_start :]
-            self._utterance += bool(self._text)
+            self._utterance += bool(self._greedy)
             self._start_utterance(self._first_frame + start)
         if last:
-            if self._text:
-                events.append(self._event("final"))
+            if self._greedy:
+                events.append(self._final())
         else:
             keep = max(0, self.stride * (self._decoded - 1 - self._replay_frames) + 1)
             self._pending = self._pending[:, keep - self._pending_start :]
@@ -169,10 +189,11 @@ class Recognizer:
         return events
 
     def _decode(self, log_probs: torch.Tensor, events: list[Event]) -> int | None:
-        """Greedy CTC over new output frames ``(frames, vocab)``, continuing the utterance's path.
+        """CTC over new output frames ``(frames, vocab)``, continuing the utterance's search.
         Returns the frame at which an endpoint finalised the utterance, or None."""
         blank = self.tokenizer.blank_id
-        for token in log_probs.argmax(dim=-1).tolist():
+        cut = None
+        for index, token in enumerate(log_probs.argmax(dim=-1).tolist()):
             frame = self._decoded
             self._decoded += 1
             if token == blank:
@@ -180,15 +201,28 @@ class Recognizer:
             else:
                 self._blank_run = 0
                 if token != self._last_id:
-                    self._text += self.tokenizer.tokens[token]
+                    self._greedy += self.tokenizer.tokens[token]
                     self._last_char_frame = frame
             self._last_id = token
             silence = self._blank_run * self.frame_seconds >= self.endpoint.trailing_silence
             if silence or self._decoded * self.frame_seconds >= self.endpoint.max_utterance:
-                if self._text:
-                    events.append(self._event("final"))
-                return frame
-        return None
+                cut = frame
+                log_probs = log_probs[: index + 1]
+                break
+        if self.beam_decoder is not None:
+            self.beam_decoder.step(log_probs)
+            if cut is None:
+                self._text = self.beam_decoder.best().text
+        else:
+            self._text = self._greedy
+        if cut is not None and self._greedy:
+            events.append(self._final())
+        return cut
+
+    def _final(self) -> Event:
+        if self.beam_decoder is not None:
+            self._text = self.beam_decoder.end().text
+        return self._event("final")
 
     def _event(self, kind: str) -> Event:
         # the last character's own audio (before look-ahead) ends with the window of the
@@ -212,4 +246,4 @@ def stream_audio(recognizer: Recognizer, audio: torch.Tensor, chunk_samples: int
     for start in range(0, audio.shape[-1], chunk_samples):
         finals += [e.text for e in recognizer.accept_audio(audio[start : start + chunk_samples]) if e.kind == "final"]
     finals += [e.text for e in recognizer.finish() if e.kind == "final"]
-    return " ".join(finals)
+    return " ".join(text for text in finals if text)

@@ -34,8 +34,8 @@ from pathlib import Path
 import torch
 
 from asr.audio import SAMPLE_RATE, AudioError, iter_audio_blocks, split_on_silence
-from asr.checkpoint import Checkpoint, load_checkpoint
-from asr.decoding import BeamSearchDecoder, BeamSearchOptions, Hypothesis, greedy_ctc_decode, language_model_decoder
+from asr.checkpoint import load_checkpoint
+from asr.decoding import BeamSearchOptions, Hypothesis, checkpoint_decoder, greedy_ctc_decode
 from asr.features import HOP_LENGTH, LogMelFrontend, num_frames
 from asr.text import Tokenizer
 
@@ -93,7 +93,7 @@ class Transcriber:
         # zeros, which the frontend's energy floor turns into the dither it was trained with
         self.edge_samples = int(training.get("data", {}).get("augment", {}).get("pad_s", 0.0) / 2 * SAMPLE_RATE)
         self.max_segment_seconds = max_segment_seconds
-        self.beam_decoder = None if greedy else _beam_decoder(ckpt, beam)
+        self.beam_decoder = None if greedy else checkpoint_decoder(ckpt, beam)
         # seconds per output frame: the model's subsampling of the 10 ms feature frames, read
         # off a length long enough for its rounding not to matter
         probe = 100_000
@@ -209,23 +209,6 @@ class Transcriber:
     def _segments(self, path: str | os.PathLike) -> Iterator[tuple[float, torch.Tensor]]:
         blocks = iter_audio_blocks(path, seconds=self.max_segment_seconds)
         return split_on_silence(blocks, self.max_segment_seconds, self.max_segment_seconds / 2)
-
-
-def _beam_decoder(ckpt: Checkpoint, beam: BeamSearchOptions | None) -> BeamSearchDecoder | None:
-    """The beam search ``beam`` asks for, the checkpoint's own LM search, or None (greedy)."""
-    own = ckpt.language_model
-    if beam is not None and (beam.lm is not None or beam.lexicon is not None or not beam.model_lm or own is None):
-        return BeamSearchDecoder(ckpt.tokenizer, beam)
-    if own is None:
-        return None
-    try:
-        return language_model_decoder(ckpt.tokenizer, own, beam)
-    except ImportError as err:
-        if beam is not None:  # asked for: fail
-            raise
-        # the default: a model still transcribes where flashlight-text is missing
-        print(f"warning: {err}; decoding greedily, without the model's word LM", file=sys.stderr)
-        return None
 
 
 @dataclass
@@ -364,7 +347,7 @@ def decode_manifest(
 
     With ``chunk_ms``, each utterance is streamed through a :class:`~asr.streaming.Recognizer`
     (a streaming model) in chunks of that many milliseconds, endpointing included, exactly
-    as ``asr stream`` would recognise it.
+    as ``asr stream`` would recognise it (with the same choice of decoding).
     """
     from tqdm import tqdm
 
@@ -375,7 +358,7 @@ def decode_manifest(
         transcriber = Transcriber(checkpoint, device=device, beam=beam, greedy=greedy)
         results = transcriber.transcribe_files([entry["audio"] for entry in entries], batch_size=batch_size)
     else:
-        results = _stream_files(checkpoint, [entry["audio"] for entry in entries], device, chunk_ms)
+        results = _stream_files(checkpoint, [entry["audio"] for entry in entries], device, chunk_ms, beam, greedy)
     failures = 0
     with open(out, "w") as f:
         for entry, (_, result) in tqdm(
@@ -390,12 +373,17 @@ def decode_manifest(
 
 
 def _stream_files(
-    checkpoint: str | os.PathLike, paths: list[str], device: str, chunk_ms: int
+    checkpoint: str | os.PathLike,
+    paths: list[str],
+    device: str,
+    chunk_ms: int,
+    beam: BeamSearchOptions | None,
+    greedy: bool,
 ) -> Iterator[tuple[str, Transcript | AudioError]]:
     from asr.audio import load_audio
     from asr.streaming import Recognizer, stream_audio
 
-    recognizer = Recognizer(checkpoint, device=device)
+    recognizer = Recognizer(checkpoint, device=device, beam=beam, greedy=greedy)
     for path in paths:
         try:
             audio = load_audio(path)

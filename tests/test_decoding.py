@@ -202,6 +202,35 @@ def test_nbest(lm):
 
 
 @requires_flashlight
+def test_online_decoding_chunk_by_chunk_equals_the_whole_utterance(lm, lexicon):
+    """begin/step/end, fed a few frames at a time as the streaming Recognizer feeds them, find
+    exactly what decode() finds on the whole utterance; best() follows the search's leader."""
+    rng = random.Random(0)
+    utterance = torch.cat([ambiguous()[0][0], frames(spelled(" ON THE MAT"))])
+    for options, text in ((BeamSearchOptions(), "THE KAT SAT ON THE MAT"),
+                          (BeamSearchOptions(lm=lm), "THE CAT SAT ON THE MAT"),
+                          (BeamSearchOptions(lm=lm, lexicon=lexicon), "THE CAT SAT ON THE MAT")):
+        decoder = BeamSearchDecoder(TOK, options)
+        (whole,) = decoder.decode(utterance[None], torch.tensor([len(utterance)]))
+        assert whole.text == text
+        for _ in range(2):  # the second utterance starts afresh
+            decoder.begin()
+            assert decoder.best().text == ""
+            partials, start = [], 0
+            while start < len(utterance):
+                size = rng.randint(0, 5)
+                decoder.step(utterance[start : start + size])
+                partials.append(decoder.best().text)
+                start += size
+            online = decoder.end()
+            assert (online.text, online.tokens, online.frames) == (whole.text, whole.tokens, whole.frames)
+            assert online.score == pytest.approx(whole.score)
+            assert partials[-1] == text and text.startswith(partials[len(partials) // 2])
+    with pytest.raises(ValueError, match="expected log-probs"):
+        decoder.step(utterance[None])
+
+
+@requires_flashlight
 def test_tune_lm_weights_prefers_the_lm(lm):
     log_probs, lengths = ambiguous()
     best_weight, best_score, table = tune_lm_weights(

@@ -74,7 +74,7 @@ def test_synthetic_recipe_quick_runs_end_to_end(tmp_path):
     assert losses[-1] < losses[0]
     assert (tmp_path / "exp" / "final.pt").is_file() and (tmp_path / "exp" / "streaming.pt").is_file()
     results = (tmp_path / "exp" / "RESULTS.md").read_text()
-    for row in ("test", "test_beam", "test_beam_lm", "test_streaming"):
+    for row in ("test", "test_beam", "test_beam_lm", "test_streaming", "test_streaming_lm"):
         assert f"| {row} | " in results
     assert re.search(r"--lm-weight \S+ --word-score \S+", results)
     lexicon = tmp_path / "exp" / "lm" / "lexicon.txt"
@@ -91,6 +91,11 @@ def test_synthetic_recipe_quick_runs_end_to_end(tmp_path):
     assert carried.lexicon == (lexicon.read_text() if lexicon.exists() else None)
     weights = (tmp_path / "exp" / "lm" / "weights.args").read_text().split()
     assert weights == ["--lm-weight", str(carried.lm_weight), "--word-score", str(carried.word_score)]
+    # streaming.pt carries the same LM and lexicon, with the weights tuned for it: asr stream's default
+    streaming = load_checkpoint(tmp_path / "exp" / "streaming.pt").language_model
+    assert (streaming.arpa, streaming.lexicon) == (carried.arpa, carried.lexicon)
+    weights = (tmp_path / "exp" / "lm" / "streaming_weights.args").read_text().split()
+    assert weights == ["--lm-weight", str(streaming.lm_weight), "--word-score", str(streaming.word_score)]
 
     # idempotent: a second run skips every stage and prints the same last line
     again = run_recipe("synthetic", tmp_path, "--stop-stage", "10")
@@ -128,7 +133,9 @@ def test_speechocean762_recipe_quick_runs_end_to_end(tmp_path):
     assert "| test |" in results and "| dev |" in results and "| test_beam_lm |" in results
     carried = load_checkpoint(tmp_path / "exp" / "final.pt").language_model  # asr transcribe's default
     assert carried.arpa == (tmp_path / "exp" / "lm" / "3gram.arpa").read_text() and carried.lexicon is None
-    assert re.search(r"streamed in 160 ms chunks \(stage 8\):\n\n```\nWER \d\.\d{4}", results)
+    assert re.search(r"^test_streaming:\n\n```\nWER \d\.\d{4}", results, re.M)
+    assert re.search(r"^test_streaming_lm:\n\n```\nWER \d\.\d{4}", results, re.M)
+    assert load_checkpoint(tmp_path / "exp" / "streaming.pt").language_model.arpa == carried.arpa
     breakdown = results[results.index("test: WER and CER by speaker age"):]
     assert re.search(r"^  adult  WER \d\.\d{4}  CER \d\.\d{4}  \(\d+ utterances", breakdown, re.M)
     assert re.search(r"^  child  WER \d\.\d{4}  CER \d\.\d{4}  \(\d+ utterances", breakdown, re.M)

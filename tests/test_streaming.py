@@ -169,6 +169,47 @@ def test_max_utterance_cuts_long_speech(tiny_streaming_checkpoint):
         assert a.start + 0.95 <= b.start and a.start < a.end <= b.start + 0.015 + 1e-9
 
 
+@requires_espeak
+def test_recognizer_searches_with_the_lm_its_checkpoint_carries(tiny_streaming_checkpoint, tmp_path):
+    """A streaming checkpoint that carries a word LM and lexicon (`asr attach-lm`): each final is
+    what the offline beam search finds on the whole utterance, searched chunk by chunk with no
+    second pass; greedy=True steps around the LM."""
+    pytest.importorskip("flashlight.lib.text.decoder", reason="beam search needs flashlight-text (asr[lm])")
+    import dataclasses
+    import warnings
+
+    from asr.checkpoint import write_checkpoint
+    from asr.decoding import read_language_model, write_lexicon
+    from asr.ngram import build_arpa
+    from asr.transcribe import Transcriber
+
+    # the lexicon lacks the words of sentence 0: the search must replace them
+    sentences = [s.upper() for s in tiny_streaming_checkpoint.sentences]
+    other_words = {w for s in sentences[1:] for w in s.split()}
+    write_lexicon(sorted(other_words), tmp_path / "lexicon.txt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a tiny corpus: fixed fallback discounts
+        build_arpa(sentences[1:], tmp_path / "lm.arpa", order=2)
+    language_model = read_language_model(tmp_path / "lm.arpa", tmp_path / "lexicon.txt", lm_weight=0.5, word_score=1.5)
+    attached = tmp_path / "attached.pt"
+    write_checkpoint(attached, dataclasses.replace(load_checkpoint(tiny_streaming_checkpoint.path), language_model=language_model))
+
+    offline_search, offline_greedy = Transcriber(attached), Transcriber(attached, greedy=True)
+    recognizer, greedy = Recognizer(attached), Recognizer(attached, greedy=True)
+    rng = random.Random(5)
+    for n, audio in enumerate(tiny_streaming_checkpoint.audio):
+        expected = offline_search.transcribe_audio(audio).text
+        events = play(recognizer, audio, rng)
+        assert [e.text for e in events if e.kind == "final"] == [expected], events
+        assert set(expected.split()) <= other_words
+        if n == 0:
+            assert expected and expected != offline_greedy.transcribe_audio(audio).text
+        partials = [e.text for e in events if e.kind == "partial"]
+        assert partials and all(set(p.split()) <= other_words for p in partials)
+        finals = [e.text for e in play(greedy, audio, rng) if e.kind == "final"]
+        assert finals == [offline_greedy.transcribe_audio(audio).text]
+
+
 def test_recognizer_rejects_non_streaming_checkpoint(tmp_path):
     path = tmp_path / "blstm.pt"
     save_checkpoint(path, build_model("blstm_ctc", {"hidden_size": 8, "num_layers": 1}, verbose=False), "blstm_ctc", Tokenizer())

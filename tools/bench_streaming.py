@@ -1,8 +1,10 @@
-"""Streaming speed and latency of the Recognizer (frontend + streaming GRU-CTC + greedy decoding
+"""Streaming speed and latency of the Recognizer (frontend + streaming GRU-CTC + CTC decoding
 + endpointing) on one CPU thread, for 80, 160 and 320 ms chunks.
 
-Random weights: the cost does not depend on them (the default-size model of the recipe unless
-overridden). Columns:
+By default a model of random weights, decoded greedily: the model's cost does not depend on its
+weights (the default-size model of the recipe unless overridden). With ``--model`` a trained
+checkpoint is decoded as ``asr stream`` decodes it (beam search with the word LM it carries,
+whose cost does depend on what the model hears: give real speech with ``--audio``). Columns:
 
 * RTF: compute time / audio time.
 * chunk p50/p95: compute time per chunk (what a live caller waits after each chunk).
@@ -19,6 +21,7 @@ overridden). Columns:
     python tools/bench_streaming.py                   # 60 s of audio, default model size
     python tools/bench_streaming.py --hidden 256 --layers 4 --lookahead 1
     python tools/bench_streaming.py --layer-norm      # the recipes' streaming models
+    python tools/bench_streaming.py --model exp/streaming.pt --audio speech.flac [--greedy]
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import time
 
 import torch
 
-from asr.audio import SAMPLE_RATE
+from asr.audio import SAMPLE_RATE, load_audio
 from asr.features import HOP_LENGTH
 from asr.models import build_model, count_parameters
 from asr.streaming import Recognizer
@@ -53,9 +56,9 @@ def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[round(q) - 1] if len(values) > 1 else values[0]
 
 
-def bench(model, audio: torch.Tensor, chunk_ms: int) -> dict:
+def bench(recognizer: Recognizer, audio: torch.Tensor, chunk_ms: int) -> dict:
     chunk = chunk_ms * SAMPLE_RATE // 1000
-    recognizer = Recognizer(model, Tokenizer())
+    model = recognizer.model
     for start in range(0, 20 * chunk, chunk):  # warm-up
         recognizer.accept_audio(audio[start : start + chunk])
     recognizer.reset()
@@ -93,24 +96,42 @@ def main() -> None:
     parser.add_argument("--layers", type=int, help="GRU layers (default: the model's default)")
     parser.add_argument("--lookahead", type=int, help="look-ahead output frames (default: the model's default)")
     parser.add_argument("--layer-norm", action="store_true", help="LayerNorm + residual per GRU layer, as the recipes train")
+    parser.add_argument("--model", help="a trained streaming checkpoint instead (its own decoding; the size options do not apply)")
+    parser.add_argument("--greedy", action="store_true", help="with --model: greedy, whatever the model carries")
+    parser.add_argument("--audio", help="stream the first --seconds of this file (default: noise bursts shaped like speech)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    overrides = {"hidden_size": args.hidden, "num_layers": args.layers, "lookahead": args.lookahead,
-                 "layer_norm": args.layer_norm or None}
-    model = build_model("streaming_gru", {k: v for k, v in overrides.items() if v is not None}, verbose=False).eval()
-    c = model.config
-    audio = speech_like(args.seconds)
+    if args.model:
+        def recognizer() -> Recognizer:
+            return Recognizer(args.model, greedy=args.greedy)
+    else:
+        overrides = {"hidden_size": args.hidden, "num_layers": args.layers, "lookahead": args.lookahead,
+                     "layer_norm": args.layer_norm or None}
+        model = build_model("streaming_gru", {k: v for k, v in overrides.items() if v is not None}, verbose=False).eval()
+
+        def recognizer() -> Recognizer:
+            return Recognizer(model, Tokenizer())
+    first = recognizer()
+    c = first.model.config
+    audio = load_audio(args.audio)[: int(args.seconds * SAMPLE_RATE)] if args.audio else speech_like(args.seconds)
+    if first.beam_decoder is None:
+        decoding = "greedy"
+    else:
+        o = first.beam_decoder.options
+        decoding = (f"beam {o.beam_size}, LM weight {o.lm_weight}, word score {o.word_score}"
+                    f"{', over a lexicon' if o.lexicon else ', lexicon-free'}")
     print(
         f"streaming_gru hidden {c.hidden_size} x {c.num_layers} layers{' with layer norm' if c.layer_norm else ''}, "
         f"look-ahead {c.lookahead} "
-        f"({c.lookahead * c.time_stride * 10} ms), {count_parameters(model) / 1e6:.2f}M parameters; "
-        f"{args.seconds:.0f} s of audio, {args.threads} thread(s), torch {torch.__version__}\n"
+        f"({c.lookahead * c.time_stride * 10} ms), {count_parameters(first.model) / 1e6:.2f}M parameters, "
+        f"{'weights of ' + args.model if args.model else 'random weights'}; decoding: {decoding}; "
+        f"{len(audio) / SAMPLE_RATE:.0f} s of audio, {args.threads} thread(s), torch {torch.__version__}\n"
     )
     print("| chunk | RTF | chunk compute p50 / p95 | partial latency p50 / p95 | algorithmic (worst) |")
     print("|---|---|---|---|---|")
     for chunk_ms in args.chunks:
-        r = bench(model, audio, chunk_ms)
+        r = bench(recognizer(), audio, chunk_ms)
         print(
             f"| {chunk_ms} ms | {r['rtf']:.4f} | {r['chunk_p50']:.1f} / {r['chunk_p95']:.1f} ms "
             f"| {r['partial_p50']:.0f} / {r['partial_p95']:.0f} ms ({r['partials']} partials) "

@@ -85,8 +85,25 @@ train_streaming() {
     data.train="$train" data.valid="$data/dev.jsonl"
   asr average --exp-dir "$exp/streaming" --last "$last" --out "$exp/streaming.pt"
   mkdir -p "$exp/decode_test_streaming"
-  asr decode --model "$exp/streaming.pt" --manifest "$data/test.jsonl" --chunk-ms 160 \
+  asr decode --model "$exp/streaming.pt" --manifest "$data/test.jsonl" --chunk-ms 160 --greedy \
     --out "$exp/decode_test_streaming/hyp.txt"
+}
+
+# streaming_lm EXP DATA TUNE_ARGS...: the recipe's word LM (EXP/lm/3gram.arpa, and
+# EXP/lm/lexicon.txt where there is one) for EXP/streaming.pt, with weights tuned on
+# DATA/dev.jsonl for this model (asr tune-lm TUNE_ARGS), attached to it (`asr stream`'s default
+# decoding); then DATA/test.jsonl streamed with it in 160 ms chunks into
+# EXP/decode_test_streaming_lm/hyp.txt.
+streaming_lm() {
+  local exp=$1 data=$2 lexicon=()
+  shift 2
+  [ -f "$exp/lm/lexicon.txt" ] && lexicon=(--lexicon "$exp/lm/lexicon.txt")
+  asr tune-lm --model "$exp/streaming.pt" --manifest "$data/dev.jsonl" --lm "$exp/lm/3gram.arpa" "${lexicon[@]}" \
+    "$@" --out "$exp/lm/streaming_weights.args"
+  asr attach-lm --model "$exp/streaming.pt" --lm "$exp/lm/3gram.arpa" "${lexicon[@]}" $(cat "$exp/lm/streaming_weights.args")
+  mkdir -p "$exp/decode_test_streaming_lm"
+  asr decode --model "$exp/streaming.pt" --manifest "$data/test.jsonl" --chunk-ms 160 \
+    --out "$exp/decode_test_streaming_lm/hyp.txt"
 }
 
 # results_table TITLE EXP COMMAND SPLIT...: print a RESULTS.md section from the score files.

@@ -17,7 +17,8 @@
 # --download: fetch OpenSLR's tarball into DATA/download instead (--mirror: another base URL).
 # Stage 8, run only when asked (--stage 8), fine-tunes the synthetic recipe's streaming GRU
 # (recipes/synthetic/run.sh --stage 10) for `asr stream` on this corpus (conf/gru_streaming.yaml
-# -> exp/streaming.pt; --quick: a small one from scratch) and scores it streamed in 160 ms chunks.
+# -> exp/streaming.pt; --quick: a small one from scratch), gives it stage 6's LM with weights
+# tuned for it, and scores it streamed in 160 ms chunks, greedily and with the LM.
 # --quick: 100 utterances per split, a tiny model, one epoch (CI). Stages are idempotent
 # (.done markers); an interrupted training resumes from exp/last.pt.
 set -euo pipefail
@@ -165,14 +166,25 @@ if run_stage 8 "train the streaming GRU ($stream_conf) -> $exp/streaming.pt; dec
     exit 1
   fi
   train_streaming "$stream_conf" "$exp" "$data" 3
-  asr score "$data/test.jsonl" "$exp/decode_test_streaming/hyp.txt" --by age_group \
-    --alignments "$exp/decode_test_streaming/alignments.txt" > "$exp/decode_test_streaming/score.txt"
+  streaming_lm "$exp" "$data" $tune_grid
+  for name in test_streaming test_streaming_lm; do
+    asr score "$data/test.jsonl" "$exp/decode_$name/hyp.txt" --by age_group \
+      --alignments "$exp/decode_$name/alignments.txt" > "$exp/decode_$name/score.txt"
+  done
   {
-    echo "Streaming model \`$exp/streaming.pt\` ($stream_conf), streamed in 160 ms chunks (stage 8):"
+    echo "Streaming model \`$exp/streaming.pt\` ($stream_conf), streamed in 160 ms chunks (stage 8),"
+    echo "greedy (test_streaming) and with the word LM of stage 6 (test_streaming_lm; weights tuned on"
+    echo "dev: \`$(cat "$exp/lm/streaming_weights.args")\`):"
+    for name in test_streaming test_streaming_lm; do
+      echo
+      echo "$name:"
+      echo
+      echo '```'
+      sed -n '1,2p;/^by age_group:/,$p' "$exp/decode_$name/score.txt"
+      echo '```'
+    done
     echo
     echo '```'
-    sed -n '1,2p;/^by age_group:/,$p' "$exp/decode_test_streaming/score.txt"
-    echo
     cat "$exp/streaming/log.csv"
     echo '```'
   } | update_results "$exp/RESULTS.md" streaming

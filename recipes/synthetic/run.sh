@@ -3,7 +3,7 @@
 # sentences unseen in training) -> manifests -> CMVN -> BiLSTM-CTC -> average of the last
 # epochs -> greedy decoding -> word 3-gram LM from the training text -> beam search with and
 # without it -> WER/CER in RESULTS.md. Stage 10, run only when asked (--stage 10), trains the
-# streaming GRU for `asr stream` and scores it streamed chunk by chunk.
+# streaming GRU for `asr stream`, gives it the LM, and scores it streamed chunk by chunk.
 #
 #   ./run.sh [--stage N] [--stop-stage M] [--quick] [--data DIR] [--exp DIR]
 #
@@ -69,6 +69,9 @@ fi
 # Without the word list, the beam search is lexicon-free and may spell any word. Stage 8 puts
 # the LM, the lexicon and the tuned weights into final.pt: `asr transcribe`'s default decoding.
 words=/usr/share/dict/american-english
+# the word scores tune-lm tries: a lexicon's words need no bonus to beat misspellings; a
+# lexicon-free search needs one
+word_scores() { if [ -f "$exp/lm/lexicon.txt" ]; then echo "-2 -1 0"; else echo "1 2.5 4"; fi; }
 if run_stage 7 "word 3-gram LM from the training transcripts, and a lexicon" "$exp/.lm.done"; then
   mkdir -p "$exp/lm"
   asr lm --manifest "$data/train.jsonl" --order 3 --out "$exp/lm/3gram.arpa"
@@ -82,11 +85,10 @@ if run_stage 7 "word 3-gram LM from the training transcripts, and a lexicon" "$e
 fi
 
 if run_stage 8 "beam search, and beam search + LM with weights tuned on dev" "$exp/.beam.done"; then
-  # a lexicon's words need no bonus to beat misspellings; a lexicon-free search needs one
-  lexicon=() word_scores="1 2.5 4"
-  [ -f "$exp/lm/lexicon.txt" ] && lexicon=(--lexicon "$exp/lm/lexicon.txt") word_scores="-2 -1 0"
+  lexicon=()
+  [ -f "$exp/lm/lexicon.txt" ] && lexicon=(--lexicon "$exp/lm/lexicon.txt")
   asr tune-lm --model "$exp/final.pt" --manifest "$data/dev.jsonl" --lm "$exp/lm/3gram.arpa" "${lexicon[@]}" \
-    $tune_grid --word-scores $word_scores --out "$exp/lm/weights.args"
+    $tune_grid --word-scores $(word_scores) --out "$exp/lm/weights.args"
   mkdir -p "$exp/decode_test_beam" "$exp/decode_test_beam_lm"
   asr decode --model "$exp/final.pt" --manifest "$data/test.jsonl" --no-lm --beam-size 32 \
     --out "$exp/decode_test_beam/hyp.txt"
@@ -114,16 +116,21 @@ if run_stage 9 "score -> $results" "$exp/.score.done"; then
 fi
 
 # Not run by default (--stop-stage 10 or --stage 10 runs it): the streaming model for
-# `asr stream`, trained like the BiLSTM, decoded by streaming each test utterance in 160 ms chunks.
+# `asr stream`, trained like the BiLSTM, decoded by streaming each test utterance in 160 ms
+# chunks, greedily and with stage 7's LM (weights tuned for this model), which it then carries.
 if run_stage 10 "train the streaming GRU ($stream_conf) -> $exp/streaming.pt" "$exp/.streaming.done"; then
   train_streaming "$stream_conf" "$exp" "$data" 2
-  score_splits "$exp" "$data" test_streaming
+  streaming_lm "$exp" "$data" $tune_grid --word-scores $(word_scores)
+  score_splits "$exp" "$data" test_streaming test_streaming_lm
   {
-    echo "Streaming model \`$exp/streaming.pt\` ($stream_conf), streamed in 160 ms chunks (stage 10):"
+    echo "Streaming model \`$exp/streaming.pt\` ($stream_conf), streamed in 160 ms chunks (stage 10),"
+    echo "greedy and with the word LM of stage 7 (weights tuned on dev: \`$(cat "$exp/lm/streaming_weights.args")\`):"
     echo
     echo "| set | WER | CER |"
     echo "|---|---|---|"
-    echo "| test_streaming | $(awk '/^WER/ {print $2}' "$exp/decode_test_streaming/score.txt") | $(awk '/^CER/ {print $2}' "$exp/decode_test_streaming/score.txt") |"
+    for name in test_streaming test_streaming_lm; do
+      echo "| $name | $(awk '/^WER/ {print $2}' "$exp/decode_$name/score.txt") | $(awk '/^CER/ {print $2}' "$exp/decode_$name/score.txt") |"
+    done
     echo
     echo '```'
     cat "$exp/streaming/log.csv"
