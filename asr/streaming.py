@@ -5,8 +5,8 @@ incremental CTC decoding -> :class:`Event` s. Used by ``asr stream`` (microphone
 
 Decoding is the checkpoint's own, as offline (:class:`~asr.transcribe.Transcriber`): beam
 search with the word LM it carries (``asr attach-lm``), extended chunk by chunk so that the
-final hypothesis costs no second pass, else greedy. Endpoints and timing always read the
-greedy path, which the beam search does not change.
+final hypothesis costs no second pass, else greedy. Endpoints read the greedy path (runs of
+blank), which the beam search does not change; an event's time is that of its own text.
 
 An utterance ends at an *endpoint* (:class:`EndpointConfig`): enough trailing silence after
 some text, or a maximum length. Its final hypothesis is emitted, and the model and decoder
@@ -27,7 +27,7 @@ from torch import nn
 
 from asr.audio import SAMPLE_RATE
 from asr.checkpoint import CheckpointError, load_checkpoint
-from asr.decoding import BeamSearchDecoder, BeamSearchOptions, checkpoint_decoder
+from asr.decoding import BeamSearchDecoder, BeamSearchOptions, Hypothesis, checkpoint_decoder
 from asr.features import HOP_LENGTH, WIN_LENGTH, StreamingLogMel
 from asr.text import Tokenizer
 
@@ -133,8 +133,9 @@ class Recognizer:
         self._decoded = 0  # output frames decoded
         self._last_id = self.tokenizer.blank_id
         self._greedy = ""  # greedy hypothesis, extended character by character
+        self._greedy_frame = 0  # output frame of its last character
         self._text = ""  # the hypothesis shown: the beam search's best, else the greedy one
-        self._last_char_frame = 0  # output frame of the greedy path's last character
+        self._last_char_frame = 0  # output frame of the shown hypothesis's last character
         self._blank_run = 0
         self._partial = ""
         start_sample = first_frame * HOP_LENGTH
@@ -202,7 +203,7 @@ class Recognizer:
                 self._blank_run = 0
                 if token != self._last_id:
                     self._greedy += self.tokenizer.tokens[token]
-                    self._last_char_frame = frame
+                    self._greedy_frame = frame
             self._last_id = token
             silence = self._blank_run * self.frame_seconds >= self.endpoint.trailing_silence
             if silence or self._decoded * self.frame_seconds >= self.endpoint.max_utterance:
@@ -212,17 +213,22 @@ class Recognizer:
         if self.beam_decoder is not None:
             self.beam_decoder.step(log_probs)
             if cut is None:
-                self._text = self.beam_decoder.best().text
+                self._show(self.beam_decoder.best())
         else:
-            self._text = self._greedy
+            self._text, self._last_char_frame = self._greedy, self._greedy_frame
         if cut is not None and self._greedy:
             events.append(self._final())
         return cut
 
     def _final(self) -> Event:
         if self.beam_decoder is not None:
-            self._text = self.beam_decoder.end().text
+            self._show(self.beam_decoder.end())
         return self._event("final")
+
+    def _show(self, hypothesis: Hypothesis) -> None:
+        self._text = hypothesis.text
+        if hypothesis.frames:
+            self._last_char_frame = hypothesis.frames[-1]
 
     def _event(self, kind: str) -> Event:
         # the last character's own audio (before look-ahead) ends with the window of the

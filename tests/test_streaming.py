@@ -206,6 +206,7 @@ def test_recognizer_searches_with_the_lm_its_checkpoint_carries(tiny_streaming_c
             assert expected and expected != offline_greedy.transcribe_audio(audio).text
         partials = [e.text for e in events if e.kind == "partial"]
         assert partials and all(set(p.split()) <= other_words for p in partials)
+        assert all(0 < e.end <= len(audio) / 16000 for e in events)
         finals = [e.text for e in play(greedy, audio, rng) if e.kind == "final"]
         assert finals == [offline_greedy.transcribe_audio(audio).text]
 

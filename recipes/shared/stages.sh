@@ -114,7 +114,8 @@ results_table() {
   echo "Produced by \`$command\` on $(date -u +%Y-%m-%d), $(nproc) CPU cores, $(gpus)."
   echo "Model: \`$exp/final.pt\`. Decoding: SPLIT = greedy CTC; SPLIT_beam = beam search; SPLIT_beam_lm ="
   echo "beam search with the word LM (and the lexicon given below, if any); SPLIT_beam_lexicon = beam search"
-  echo "over the training transcripts' words; SPLIT_streaming = the streaming model, streamed in chunks."
+  echo "over the training transcripts' words; SPLIT_streaming = the streaming model, streamed in chunks"
+  echo "(SPLIT_streaming_lm: with the word LM)."
   echo
   echo "| set | WER | CER |"
   echo "|---|---|---|"
