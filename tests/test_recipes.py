@@ -133,8 +133,9 @@ def test_speechocean762_recipe_quick_runs_end_to_end(tmp_path):
     assert "| test |" in results and "| dev |" in results and "| test_beam_lm |" in results
     carried = load_checkpoint(tmp_path / "exp" / "final.pt").language_model  # asr transcribe's default
     assert carried.arpa == (tmp_path / "exp" / "lm" / "3gram.arpa").read_text() and carried.lexicon is None
-    assert re.search(r"^test_streaming:\n\n```\nWER \d\.\d{4}", results, re.M)
-    assert re.search(r"^test_streaming_lm:\n\n```\nWER \d\.\d{4}", results, re.M)
+    for name in ("test_streaming", "test_streaming_lm"):
+        assert re.search(rf"^\| {name} \| \d\.\d{{4}} \| \d\.\d{{4}} \|$", results, re.M)
+        assert f"{name}: WER and CER by speaker age" in results
     assert load_checkpoint(tmp_path / "exp" / "streaming.pt").language_model.arpa == carried.arpa
     breakdown = results[results.index("test: WER and CER by speaker age"):]
     assert re.search(r"^  adult  WER \d\.\d{4}  CER \d\.\d{4}  \(\d+ utterances", breakdown, re.M)

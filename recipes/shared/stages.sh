@@ -48,14 +48,26 @@ run_stage() {
   echo "== stage $1: $2 ($(date +%H:%M:%S))"
 }
 
-# score_splits EXP DATA NAME...: asr score for each decoding EXP/decode_NAME/hyp.txt ->
-# EXP/decode_NAME/score.txt. NAME is a split (greedy decoding) or SPLIT_VARIANT, e.g. test_beam_lm,
-# scored against DATA/SPLIT.jsonl.
+# score_splits [--by FIELD] EXP DATA NAME...: asr score for each decoding EXP/decode_NAME/hyp.txt
+# -> EXP/decode_NAME/score.txt. NAME is a split (greedy decoding) or SPLIT_VARIANT, e.g.
+# test_beam_lm, scored against DATA/SPLIT.jsonl; --by adds WER and CER per value of FIELD.
 score_splits() {
-  local exp=$1 data=$2 name; shift 2
+  local by=() name
+  [ "$1" = --by ] && by=(--by "$2") && shift 2
+  local exp=$1 data=$2; shift 2
   for name in "$@"; do
-    asr score "$data/${name%%_*}.jsonl" "$exp/decode_$name/hyp.txt" \
+    asr score "$data/${name%%_*}.jsonl" "$exp/decode_$name/hyp.txt" "${by[@]}" \
       --alignments "$exp/decode_$name/alignments.txt" > "$exp/decode_$name/score.txt"
+  done
+}
+
+# score_rows EXP NAME...: a markdown table of the decodings' WER and CER (after score_splits).
+score_rows() {
+  local exp=$1 name; shift
+  echo "| set | WER | CER |"
+  echo "|---|---|---|"
+  for name in "$@"; do
+    echo "| $name | $(awk '/^WER/ {print $2}' "$exp/decode_$name/score.txt") | $(awk '/^CER/ {print $2}' "$exp/decode_$name/score.txt") |"
   done
 }
 
@@ -117,12 +129,7 @@ results_table() {
   echo "over the training transcripts' words; SPLIT_streaming = the streaming model, streamed in chunks"
   echo "(SPLIT_streaming_lm: with the word LM)."
   echo
-  echo "| set | WER | CER |"
-  echo "|---|---|---|"
-  local name
-  for name in "$@"; do
-    echo "| $name | $(awk '/^WER/ {print $2}' "$exp/decode_$name/score.txt") | $(awk '/^CER/ {print $2}' "$exp/decode_$name/score.txt") |"
-  done
+  score_rows "$exp" "$@"
   echo
   echo "Training curve (\`$exp/log.csv\`):"
   echo

@@ -137,25 +137,28 @@ if run_stage 6 "word 3-gram LM from the training text; beam search + LM on test"
   touch "$exp/.lm.done"
 fi
 
+# by_age NAME...: each decoding's WER and CER for children and adults, for RESULTS.md
+by_age() {
+  local name
+  for name in "$@"; do
+    echo
+    echo "$name: WER and CER by speaker age (children: 15 or younger, adults: 19 or older):"
+    echo
+    echo '```'
+    sed -n '/^by age_group:/,$p' "$exp/decode_$name/score.txt"
+    echo '```'
+  done
+}
+
 # the committed RESULTS.md holds the comparison with other systems: copy our rows in by hand
 if run_stage 7 "score, children vs adults -> $exp/RESULTS.md" "$exp/.score.done"; then
-  for name in dev test test_beam_lm; do
-    asr score "$data/${name%%_*}.jsonl" "$exp/decode_$name/hyp.txt" --by age_group \
-      --alignments "$exp/decode_$name/alignments.txt" > "$exp/decode_$name/score.txt"
-  done
+  score_splits --by age_group "$exp" "$data" dev test test_beam_lm
   {
     results_table "speechocean762 recipe results (strategy $strategy)" "$exp" \
       "recipes/speechocean762/run.sh$($quick && echo ' --quick' || true) --strategy $strategy" dev test test_beam_lm
     echo
     echo "LM weights tuned on dev: \`$(cat "$exp/lm/weights.args")\`."
-    for name in test test_beam_lm; do
-      echo
-      echo "$name: WER and CER by speaker age (children: 15 or younger, adults: 19 or older):"
-      echo
-      echo '```'
-      sed -n '/^by age_group:/,$p' "$exp/decode_$name/score.txt"
-      echo '```'
-    done
+    by_age test test_beam_lm
   } | update_results "$exp/RESULTS.md" scores
   touch "$exp/.score.done"
 fi
@@ -167,22 +170,13 @@ if run_stage 8 "train the streaming GRU ($stream_conf) -> $exp/streaming.pt; dec
   fi
   train_streaming "$stream_conf" "$exp" "$data" 3
   streaming_lm "$exp" "$data" $tune_grid
-  for name in test_streaming test_streaming_lm; do
-    asr score "$data/test.jsonl" "$exp/decode_$name/hyp.txt" --by age_group \
-      --alignments "$exp/decode_$name/alignments.txt" > "$exp/decode_$name/score.txt"
-  done
+  score_splits --by age_group "$exp" "$data" test_streaming test_streaming_lm
   {
     echo "Streaming model \`$exp/streaming.pt\` ($stream_conf), streamed in 160 ms chunks (stage 8),"
-    echo "greedy (test_streaming) and with the word LM of stage 6 (test_streaming_lm; weights tuned on"
-    echo "dev: \`$(cat "$exp/lm/streaming_weights.args")\`):"
-    for name in test_streaming test_streaming_lm; do
-      echo
-      echo "$name:"
-      echo
-      echo '```'
-      sed -n '1,2p;/^by age_group:/,$p' "$exp/decode_$name/score.txt"
-      echo '```'
-    done
+    echo "greedy and with the word LM of stage 6 (weights tuned on dev: \`$(cat "$exp/lm/streaming_weights.args")\`):"
+    echo
+    score_rows "$exp" test_streaming test_streaming_lm
+    by_age test_streaming test_streaming_lm
     echo
     echo '```'
     cat "$exp/streaming/log.csv"

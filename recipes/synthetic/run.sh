@@ -126,11 +126,7 @@ if run_stage 10 "train the streaming GRU ($stream_conf) -> $exp/streaming.pt" "$
     echo "Streaming model \`$exp/streaming.pt\` ($stream_conf), streamed in 160 ms chunks (stage 10),"
     echo "greedy and with the word LM of stage 7 (weights tuned on dev: \`$(cat "$exp/lm/streaming_weights.args")\`):"
     echo
-    echo "| set | WER | CER |"
-    echo "|---|---|---|"
-    for name in test_streaming test_streaming_lm; do
-      echo "| $name | $(awk '/^WER/ {print $2}' "$exp/decode_$name/score.txt") | $(awk '/^CER/ {print $2}' "$exp/decode_$name/score.txt") |"
-    done
+    score_rows "$exp" test_streaming test_streaming_lm
     echo
     echo '```'
     cat "$exp/streaming/log.csv"
