@@ -580,8 +580,8 @@ def _add_stream(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--device", metavar="NAME|INDEX", help="input device (default: the system's default input)")
     p.add_argument("--list-devices", action="store_true", help="list the input devices and exit")
     p.add_argument("--chunk-ms", type=_positive_int, default=80, metavar="MS",
-                   help="audio fed to the model per step (default: 80: a partial 184 ms after the word at p95, "
-                   "RTF 0.035 on one thread; larger chunks cost less and wait longer, tools/bench_streaming.py)")
+                   help="audio fed to the model per step (default: 80; larger chunks cost less and wait longer: "
+                   "tools/bench_streaming.py, README)")
     p.add_argument("--file", help="stream this audio file through the recognizer instead of a microphone")
     p.add_argument("--realtime", action="store_true", help="with --file: feed it at the pace of real time")
     p.add_argument("--max-seconds", type=float, metavar="S",
