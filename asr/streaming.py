@@ -5,8 +5,11 @@ incremental CTC decoding -> :class:`Event` s. Used by ``asr stream`` (microphone
 
 Decoding is the checkpoint's own, as offline (:class:`~asr.transcribe.Transcriber`): beam
 search with the word LM it carries (``asr attach-lm``), extended chunk by chunk so that the
-final hypothesis costs no second pass, else greedy. Endpoints read the greedy path (runs of
-blank), which the beam search does not change; an event's time is that of its own text.
+final hypothesis costs no second pass, else greedy. A partial shows the search's best words
+and, after them, the greedy path's letters of the word being spoken, which the search does not
+settle into a word until it has heard the word out (a word then shows as it is spoken, not up
+to half a second later). Endpoints read the greedy path (runs of blank), which the beam search
+does not change; an event's time is that of its own text.
 
 An utterance ends at an *endpoint* (:class:`EndpointConfig`): enough trailing silence after
 some text, or a maximum length. Its final hypothesis is emitted, and the model and decoder
@@ -134,6 +137,7 @@ class Recognizer:
         self._last_id = self.tokenizer.blank_id
         self._greedy = ""  # greedy hypothesis, extended character by character
         self._greedy_frame = 0  # output frame of its last character
+        self._greedy_words: list[list] = []  # its words: [output frame of the first character, text]
         self._text = ""  # the hypothesis shown: the beam search's best, else the greedy one
         self._last_char_frame = 0  # output frame of the shown hypothesis's last character
         self._blank_run = 0
@@ -202,7 +206,12 @@ class Recognizer:
             else:
                 self._blank_run = 0
                 if token != self._last_id:
-                    self._greedy += self.tokenizer.tokens[token]
+                    char = self.tokenizer.tokens[token]
+                    if char != " " and (not self._greedy or self._greedy[-1] == " "):
+                        self._greedy_words.append([frame, char])
+                    elif char != " ":
+                        self._greedy_words[-1][1] += char
+                    self._greedy += char
                     self._greedy_frame = frame
             self._last_id = token
             silence = self._blank_run * self.frame_seconds >= self.endpoint.trailing_silence
@@ -213,7 +222,7 @@ class Recognizer:
         if self.beam_decoder is not None:
             self.beam_decoder.step(log_probs)
             if cut is None:
-                self._show(self.beam_decoder.best())
+                self._show(self.beam_decoder.best(), greedy_tail=True)
         else:
             self._text, self._last_char_frame = self._greedy, self._greedy_frame
         if cut is not None and self._greedy:
@@ -225,10 +234,13 @@ class Recognizer:
             self._show(self.beam_decoder.end())
         return self._event("final")
 
-    def _show(self, hypothesis: Hypothesis) -> None:
-        self._text = hypothesis.text
-        if hypothesis.frames:
-            self._last_char_frame = hypothesis.frames[-1]
+    def _show(self, hypothesis: Hypothesis, greedy_tail: bool = False) -> None:
+        """Show the search's ``hypothesis``; with ``greedy_tail``, followed by the greedy path's
+        words that began after the hypothesis's last character."""
+        last = hypothesis.frames[-1] if hypothesis.frames else -1
+        tail = [word for frame, word in self._greedy_words if frame > last] if greedy_tail else []
+        self._text = " ".join([hypothesis.text, *tail]).strip()
+        self._last_char_frame = self._greedy_frame if tail else max(last, 0)
 
     def _event(self, kind: str) -> Event:
         # the last character's own audio (before look-ahead) ends with the window of the

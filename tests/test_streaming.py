@@ -173,7 +173,8 @@ def test_max_utterance_cuts_long_speech(tiny_streaming_checkpoint):
 def test_recognizer_searches_with_the_lm_its_checkpoint_carries(tiny_streaming_checkpoint, tmp_path):
     """A streaming checkpoint that carries a word LM and lexicon (`asr attach-lm`): each final is
     what the offline beam search finds on the whole utterance, searched chunk by chunk with no
-    second pass; greedy=True steps around the LM."""
+    second pass; a partial is the search's words, then the greedy path's words the search has not
+    yet settled; greedy=True steps around the LM."""
     pytest.importorskip("flashlight.lib.text.decoder", reason="beam search needs flashlight-text (asr[lm])")
     import dataclasses
     import warnings
@@ -197,6 +198,7 @@ def test_recognizer_searches_with_the_lm_its_checkpoint_carries(tiny_streaming_c
     offline_search, offline_greedy = Transcriber(attached), Transcriber(attached, greedy=True)
     recognizer, greedy = Recognizer(attached), Recognizer(attached, greedy=True)
     rng = random.Random(5)
+    tails = 0  # partials that show words the search has not settled (outside the lexicon)
     for n, audio in enumerate(tiny_streaming_checkpoint.audio):
         expected = offline_search.transcribe_audio(audio).text
         events = play(recognizer, audio, rng)
@@ -204,11 +206,26 @@ def test_recognizer_searches_with_the_lm_its_checkpoint_carries(tiny_streaming_c
         assert set(expected.split()) <= other_words
         if n == 0:
             assert expected and expected != offline_greedy.transcribe_audio(audio).text
-        partials = [e.text for e in events if e.kind == "partial"]
-        assert partials and all(set(p.split()) <= other_words for p in partials)
+        greedy_words = offline_greedy.transcribe_audio(audio).text.split()
+        partials = [e.text.split() for e in events if e.kind == "partial"]
+        assert partials and all(search_then_greedy(p, other_words, greedy_words) for p in partials), partials
+        tails += sum(not set(p) <= other_words for p in partials)
         assert all(0 < e.end <= len(audio) / 16000 for e in events)
         finals = [e.text for e in play(greedy, audio, rng) if e.kind == "final"]
         assert finals == [offline_greedy.transcribe_audio(audio).text]
+    assert tails
+
+
+def search_then_greedy(words: list[str], lexicon: set[str], greedy_words: list[str]) -> bool:
+    """Whether ``words`` are lexicon words followed by a run of consecutive greedy words, the last
+    of which may still be growing."""
+    def greedy_run(tail: list[str]) -> bool:
+        return not tail or any(
+            greedy_words[i : i + len(tail) - 1] == tail[:-1] and greedy_words[i + len(tail) - 1].startswith(tail[-1])
+            for i in range(len(greedy_words) - len(tail) + 1)
+        )
+
+    return any(set(words[:split]) <= lexicon and greedy_run(words[split:]) for split in range(len(words) + 1))
 
 
 def test_recognizer_rejects_non_streaming_checkpoint(tmp_path):
