@@ -29,9 +29,9 @@ if [ -z "${stop_given:-}" ] && [ "$stage" -gt "$stop_stage" ]; then stop_stage=1
 # asr_train --config FILE KEY=VALUE...: `asr train` on this machine's CPU cores. With two or
 # more, two processes (DDP over gloo, via torchrun) of half the cores each. In float32 this
 # trained 1.3x the audio per second of one process with two threads (107 + 111 against 165
-# audio-s/s); in bf16 the two are about even (219-234 against 241-250 audio-s/s on 2 cores), and
-# one process makes twice the updates per second of audio: which learns faster per minute is
-# open (see recipes/synthetic/RESULTS.md).
+# audio-s/s). In bf16, one process of two threads made 224-233 audio-s/s against 272 for the two
+# (session 12), and twice the updates per epoch learn no more per epoch (synthetic dev CER 0.2652
+# against 0.2655 after 3): at equal wall time two processes win (recipes/synthetic/RESULTS.md).
 asr_train() {
   local ranks=$(( $(nproc) >= 2 ? 2 : 1 ))
   torchrun --standalone --nproc_per_node "$ranks" -m asr train "$@" threads=$(( $(nproc) / ranks ))
