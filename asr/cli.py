@@ -120,7 +120,7 @@ def _add_beam_options(p: argparse.ArgumentParser, choose_decoding: bool = True) 
                        help="beam search without the LM and lexicon the model carries")
     else:
         g = p.add_argument_group("beam search")
-    g.add_argument("--beam-size", type=_positive_int, help="hypotheses kept after each frame (default: 32)")
+    g.add_argument("--beam-size", type=_positive_int, help="hypotheses kept after each frame (default: 500 with a lexicon, 32 without)")
     g.add_argument("--lm", metavar="ARPA", help="word n-gram LM (ARPA; a KenLM binary needs --lexicon), "
                    "instead of the model's")
     g.add_argument("--lexicon", help="lexicon from asr.decoding.write_lexicon: only its words are produced")

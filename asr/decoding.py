@@ -66,9 +66,16 @@ def greedy_ctc_decode(log_probs: torch.Tensor, lengths: torch.Tensor, tokenizer:
 SIL_TOKEN = "|"
 
 
+BEAM_SIZE, LEXICON_BEAM_SIZE = 32, 500  # defaults of BeamSearchOptions.beam_size
+
+
 @dataclass
 class BeamSearchOptions:
-    beam_size: int = 32  # hypotheses kept after each frame
+    # hypotheses kept after each frame; None: 500 over a lexicon, 32 without. A lexicon search
+    # splits its beam among the words that share a prefix and needs a wider one: on the synthetic
+    # recipe's dev set, WER 0.422 at 32, 0.400 at 128, 0.388 at 512, 0.385 at 1024 (at 0.002,
+    # 0.02, 0.04, 0.07 x real time); lexicon-free, 128 and 512 gain nothing over 32 (speechocean762)
+    beam_size: int | None = None
     beam_size_token: int | None = 10  # most probable tokens tried per frame (None: all)
     beam_threshold: float = 25.0  # drop hypotheses scoring this much below the best
     lm: str | None = None  # ARPA file, or KenLM binary (binary needs a lexicon); None: no LM
@@ -106,6 +113,7 @@ class BeamSearchDecoder:
         options = options or BeamSearchOptions()
         options = dataclasses.replace(
             options,
+            beam_size=options.beam_size or (LEXICON_BEAM_SIZE if options.lexicon is not None else BEAM_SIZE),
             lm_weight=1.0 if options.lm_weight is None else options.lm_weight,
             word_score=0.0 if options.word_score is None else options.word_score,
         )

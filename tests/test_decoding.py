@@ -174,6 +174,16 @@ def test_lexicon_decoding_is_closed_vocabulary(lm, lexicon):
 
 
 @requires_flashlight
+def test_a_lexicon_search_keeps_a_wider_beam_by_default(lm, lexicon):
+    def beam_size(**options) -> int:
+        return BeamSearchDecoder(TOK, BeamSearchOptions(**options)).options.beam_size
+
+    assert beam_size() == beam_size(lm=lm) == 32
+    assert beam_size(lexicon=lexicon) == beam_size(lexicon=lexicon, lm=lm) == 500
+    assert beam_size(lexicon=lexicon, beam_size=8) == 8
+
+
+@requires_flashlight
 def test_lexicon_completes_the_last_word_without_a_trailing_space(lexicon):
     log_probs, lengths = batch(frames(spelled("THE MAT")), frames(spelled("A DOG SAT") + [BLANK] * 3))
     hyps = BeamSearchDecoder(TOK, BeamSearchOptions(lexicon=lexicon)).decode(log_probs, lengths)
