@@ -207,7 +207,7 @@ class Recognizer:
                 self._blank_run = 0
                 if token != self._last_id:
                     char = self.tokenizer.tokens[token]
-                    if char != " " and (not self._greedy or self._greedy[-1] == " "):
+                    if char != " " and self._greedy[-1:] in ("", " "):
                         self._greedy_words.append([frame, char])
                     elif char != " ":
                         self._greedy_words[-1][1] += char
