@@ -1,4 +1,4 @@
-"""tools/bench_robustness.py: its level and noise conditions, and a run on a tiny model."""
+"""tools/bench_robustness.py: its level, noise, band and silence conditions, and a run on a tiny model."""
 
 import json
 import subprocess
@@ -11,7 +11,7 @@ from conftest import write_audio
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_robustness.py"
 sys.path.insert(0, str(TOOL.parent))
-from bench_robustness import add_white_noise, apply_gain  # noqa: E402
+from bench_robustness import add_silence, add_white_noise, apply_gain, band_limit  # noqa: E402
 
 sys.path.pop(0)
 
@@ -31,6 +31,22 @@ def test_gain_scales_and_clips_at_full_scale():
     assert torch.allclose(apply_gain(audio, 20.0), torch.tensor([0.5, -1.0, 1.0]))
 
 
+def test_band_limiting_removes_what_an_8_khz_recording_cannot_hold():
+    t = torch.arange(16000) / 16000
+    low, high = torch.sin(2 * torch.pi * 1000 * t), torch.sin(2 * torch.pi * 6000 * t)
+    limited = band_limit(low + high, 8000)
+    assert limited.shape == low.shape
+    # the 6 kHz tone (amplitude 1) is gone, the 1 kHz one kept, away from the edges
+    assert torch.allclose(limited[2000:-2000], low[2000:-2000], atol=1e-2)
+
+
+def test_silence_is_added_on_both_sides():
+    audio = torch.tensor([0.5, -0.5])
+    padded = add_silence(audio, 0.25)
+    assert padded.shape == (2 + 2 * 4000,)
+    assert torch.equal(padded[4000:4002], audio) and not padded[:4000].any() and not padded[4002:].any()
+
+
 def test_noise_hurts_a_model_that_memorised_clean_speech(tiny_checkpoint, tmp_path):
     manifest = tmp_path / "test.jsonl"
     with open(manifest, "w") as f:
@@ -41,7 +57,7 @@ def test_noise_hurts_a_model_that_memorised_clean_speech(tiny_checkpoint, tmp_pa
             f.write(json.dumps(entry) + "\n")
     result = subprocess.run(
         [sys.executable, str(TOOL), "--model", str(tiny_checkpoint.path), "--manifest", str(manifest),
-         "--gains-db", "-6", "--snrs-db", "-5"],
+         "--gains-db", "-6", "--snrs-db", "-5", "--sample-rates", "2000", "--silences-s", "0.3"],
         capture_output=True, text=True, check=True,
     )
     rows = {
@@ -50,6 +66,8 @@ def test_noise_hurts_a_model_that_memorised_clean_speech(tiny_checkpoint, tmp_pa
         if cells[1].strip() != "WER"
     }
     rows = {name.strip(): scores for name, scores in rows.items()}
-    assert list(rows) == ["as recorded", "gain -6 dB", "white noise, SNR -5 dB"]
+    assert list(rows) == ["as recorded", "gain -6 dB", "white noise, SNR -5 dB", "recorded at 2 kHz",
+                          "silence 0.3 s before and after"]
     assert rows["as recorded"][1] <= 0.05, "the tiny model memorised these utterances"
     assert rows["white noise, SNR -5 dB"][1] > rows["as recorded"][1] + 0.1
+    assert rows["recorded at 2 kHz"][1] > rows["as recorded"][1] + 0.1, "a 1 kHz band loses most consonants"

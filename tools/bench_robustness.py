@@ -1,14 +1,20 @@
-"""Accuracy of a model when its test audio is played louder, quieter or in noise.
+"""Accuracy of a model when its test audio is played louder, quieter, in noise, through a
+narrower band or with silence around it.
 
     python tools/bench_robustness.py --model CKPT --manifest test.jsonl \
-        [--sample 300] [--gains-db -20 -10 10] [--snrs-db 20 10 5] [--seed 0]
+        [--sample 300] [--gains-db -20 -10 10] [--snrs-db 20 10 5] [--sample-rates 8000] \
+        [--silences-s 0.5] [--seed 0]
 
 Each condition decodes the same utterances greedily with ``asr.transcribe.Transcriber``:
 
 - ``gain G dB``: the waveform times 10^(G/20), clipped at full scale as a recorder would;
 - ``SNR S dB``: white Gaussian noise added at S dB below the utterance's mean power (the
   power of the whole utterance, pauses included; seeded per utterance, so every model hears
-  the same noise).
+  the same noise);
+- ``recorded at R Hz``: resampled to R Hz and back, so nothing above R / 2 is left, as in a
+  telephone call or an 8 kHz recording (the spoken digits of recipes/fsdd);
+- ``silence S s``: S seconds of digital silence before and after, as a recorder leaves them
+  (and as tightly trimmed clips lack).
 
 Prints a Markdown table of WER and CER per condition, the first row being the audio as it
 is. Recordings differ in level by 20 dB and more, and microphones hiss: a model that only
@@ -25,7 +31,7 @@ import torch
 import torchaudio.functional as AF
 from tqdm import tqdm
 
-from asr.audio import load_audio
+from asr.audio import SAMPLE_RATE, load_audio, resample
 from asr.data.manifest import read_manifest, sample_entries
 from asr.text import normalize_text
 from asr.transcribe import Transcriber
@@ -42,6 +48,17 @@ def add_white_noise(audio: torch.Tensor, snr_db: float, generator: torch.Generat
     return AF.add_noise(audio[None], noise[None], torch.tensor([snr_db]))[0]
 
 
+def band_limit(audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """``(samples,)`` at 16 kHz -> the same as if recorded at ``sample_rate``: nothing above
+    ``sample_rate / 2`` is left."""
+    return resample(resample(audio, SAMPLE_RATE, sample_rate), sample_rate, SAMPLE_RATE)[: len(audio)]
+
+
+def add_silence(audio: torch.Tensor, seconds: float) -> torch.Tensor:
+    """``(samples,)`` -> the same with ``seconds`` of digital silence before and after."""
+    return torch.nn.functional.pad(audio, (round(seconds * SAMPLE_RATE),) * 2)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="checkpoint (e.g. recipes/synthetic/exp/final.pt)")
@@ -49,6 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample", type=int, default=300, help="random utterances to decode (0: all)")
     parser.add_argument("--gains-db", type=float, nargs="*", default=[-20.0, -10.0, 10.0])
     parser.add_argument("--snrs-db", type=float, nargs="*", default=[20.0, 10.0, 5.0])
+    parser.add_argument("--sample-rates", type=int, nargs="*", default=[8000],
+                        help="band-limit to these recording rates (Hz)")
+    parser.add_argument("--silences-s", type=float, nargs="*", default=[0.5],
+                        help="seconds of silence to add before and after")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args(argv)
@@ -61,12 +82,18 @@ def main(argv: list[str] | None = None) -> None:
     conditions = [("as recorded", "none", 0.0)]
     conditions += [(f"gain {g:+g} dB", "gain", g) for g in args.gains_db]
     conditions += [(f"white noise, SNR {s:g} dB", "noise", s) for s in args.snrs_db]
+    conditions += [(f"recorded at {r / 1000:g} kHz", "rate", r) for r in args.sample_rates]
+    conditions += [(f"silence {s:g} s before and after", "silence", s) for s in args.silences_s]
 
     def changed(audio: torch.Tensor, index: int, kind: str, value: float) -> torch.Tensor:
         if kind == "gain":
             return apply_gain(audio, value)
         if kind == "noise":
             return add_white_noise(audio, value, torch.Generator().manual_seed(args.seed * 100_003 + index))
+        if kind == "rate":
+            return band_limit(audio, int(value))
+        if kind == "silence":
+            return add_silence(audio, value)
         return audio
 
     print(f"{args.model} on {len(entries)} utterances of {args.manifest}, greedy\n")
