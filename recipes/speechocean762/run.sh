@@ -10,10 +10,12 @@
 #            [--strategy real|finetune|mixed] [--data-root DIR | --download [--mirror URL]]
 #
 # --strategy finetune (default, the best at equal budget, RESULTS.md): from the synthetic
-# recipe's model (conf/finetune.yaml; run recipes/synthetic/run.sh first); real: from scratch on
-# speechocean762 (conf/blstm_ctc.yaml); mixed: speechocean762 + synthetic + FSDD
-# (conf/mixed.yaml). The default strategy's model is exp/final.pt, the others' exp/<strategy>/.
+# recipe's model on speechocean762 + FSDD's spoken digits (conf/finetune.yaml; run
+# recipes/synthetic/run.sh first); real: from scratch on speechocean762 (conf/blstm_ctc.yaml);
+# mixed: speechocean762 + synthetic + FSDD (conf/mixed.yaml). The default strategy's model is
+# exp/final.pt, the others' exp/<strategy>/.
 # --data-root: the corpus folder (default: SPEECHOCEAN762_ROOT or ../../../shared/data/speechocean762);
+# FSDD is read from FSDD_ROOT (default ../../../shared/data/fsdd);
 # --download: fetch OpenSLR's tarball into DATA/download instead (--mirror: another base URL).
 # Stage 8, run only when asked (--stage 8), fine-tunes the synthetic recipe's streaming GRU
 # (recipes/synthetic/run.sh --stage 10) for `asr stream` on this corpus (conf/gru_streaming.yaml
@@ -66,9 +68,13 @@ else
   subset=
   tune_grid="--lm-weights 1.0 1.5 2.0 2.5 --word-scores 0 1 2.5 4 --sample 60"
 fi
-# mixed: the synthetic corpus and FSDD's training takes, made by their recipes (conf/mixed.yaml)
-train_manifests=$data/train.jsonl
-[ "$strategy" = mixed ] && train_manifests+=,../synthetic/data/default/train.jsonl,../fsdd/data/train.jsonl
+# FSDD (stage 1): 8 kHz recordings of single words, which speechocean762's 16 kHz sentences lack;
+# mixed also trains on the synthetic recipe's corpus (recipes/synthetic/run.sh makes it)
+case $strategy in
+  real) train_manifests=$data/train.jsonl ;;
+  finetune) train_manifests=$data/train.jsonl,$data/fsdd/train.jsonl ;;
+  mixed) train_manifests=$data/train.jsonl,../synthetic/data/default/train.jsonl,$data/fsdd/train.jsonl ;;
+esac
 lm_text=$data/original/train.jsonl
 $quick || lm_text+=,../synthetic/data/default/train.jsonl
 mkdir -p "$data" "$exp"
@@ -89,6 +95,10 @@ if run_stage 1 "manifests (6 training speakers held out as dev; speaker ages); a
     asr cache-audio --manifest "$data/original/$split.jsonl" --out-dir "$data/audio" --out "$data/$split.jsonl"
   done
   touch "$data/.manifests.done"
+fi
+if [ "$strategy" != real ] && run_stage 1 "FSDD manifests (spoken digits: its 4 training speakers train here)" "$data/fsdd/.manifests.done"; then
+  asr prepare fsdd --data-root "${FSDD_ROOT:-$root/../shared/data/fsdd}" --out "$data/fsdd"
+  touch "$data/fsdd/.manifests.done"
 fi
 
 if run_stage 2 "global CMVN statistics (speechocean762 train, whatever the strategy)" "$exp/.cmvn.done"; then
