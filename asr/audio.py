@@ -42,6 +42,12 @@ def change_speed(audio: torch.Tensor, speed: float) -> torch.Tensor:
     return AF.resample(audio, int(SAMPLE_RATE * speed), SAMPLE_RATE)
 
 
+def band_limit(audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """A 16 kHz waveform ``(samples,)`` as if recorded at ``sample_rate``: nothing above
+    ``sample_rate / 2`` is left (a telephone call, an 8 kHz recording); same length."""
+    return resample(resample(audio, SAMPLE_RATE, sample_rate), sample_rate)[: len(audio)]
+
+
 def lowpass(audio: torch.Tensor, cutoff_hz: float) -> torch.Tensor:
     """A second-order low-pass filter of a 16 kHz waveform ``(samples,)``."""
     return AF.lowpass_biquad(audio, SAMPLE_RATE, cutoff_hz)

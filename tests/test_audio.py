@@ -5,7 +5,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from asr.audio import AudioError, iter_audio_blocks, load_audio, split_on_silence
+from asr.audio import AudioError, band_limit, iter_audio_blocks, load_audio, split_on_silence
 
 
 def _tone(seconds=1.0, rate=16000, freq=440.0):
@@ -85,3 +85,12 @@ def test_split_on_silence_cuts_in_the_gap():
     start, second = segments[1]
     assert 9.0 <= start <= 9.5
     assert sum(len(s) for _, s in segments) == len(audio)
+
+
+def test_band_limiting_removes_what_an_8_khz_recording_cannot_hold():
+    t = torch.arange(16000) / 16000
+    low, high = torch.sin(2 * torch.pi * 1000 * t), torch.sin(2 * torch.pi * 6000 * t)
+    limited = band_limit(low + high, 8000)
+    assert limited.shape == low.shape
+    # the 6 kHz tone (amplitude 1) is gone, the 1 kHz one kept, away from the edges
+    assert torch.allclose(limited[2000:-2000], low[2000:-2000], atol=1e-2)

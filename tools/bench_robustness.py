@@ -31,7 +31,7 @@ import torch
 import torchaudio.functional as AF
 from tqdm import tqdm
 
-from asr.audio import SAMPLE_RATE, load_audio, resample
+from asr.audio import SAMPLE_RATE, band_limit, load_audio
 from asr.data.manifest import read_manifest, sample_entries
 from asr.text import normalize_text
 from asr.transcribe import Transcriber
@@ -46,12 +46,6 @@ def add_white_noise(audio: torch.Tensor, snr_db: float, generator: torch.Generat
     """``(samples,)`` -> the same plus white noise ``snr_db`` below its mean power."""
     noise = torch.randn(audio.shape, generator=generator)
     return AF.add_noise(audio[None], noise[None], torch.tensor([snr_db]))[0]
-
-
-def band_limit(audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
-    """``(samples,)`` at 16 kHz -> the same as if recorded at ``sample_rate``: nothing above
-    ``sample_rate / 2`` is left."""
-    return resample(resample(audio, SAMPLE_RATE, sample_rate), sample_rate, SAMPLE_RATE)[: len(audio)]
 
 
 def add_silence(audio: torch.Tensor, seconds: float) -> torch.Tensor:

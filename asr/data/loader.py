@@ -16,7 +16,7 @@ import torch
 import torchaudio.functional as AF
 from torch.utils.data import Dataset, Sampler
 
-from asr.audio import SAMPLE_RATE, AudioError, change_speed, load_audio, lowpass, resample
+from asr.audio import SAMPLE_RATE, AudioError, band_limit, change_speed, load_audio, lowpass
 from asr.features import num_frames
 from asr.text import Tokenizer, UnknownCharactersError
 
@@ -50,7 +50,7 @@ def augment_waveform(audio: torch.Tensor, config: AugmentConfig, rng: np.random.
     if config.speed_perturb:
         audio = change_speed(audio, SPEEDS[rng.integers(len(SPEEDS))])
     if config.lowpass_prob > 0 and rng.random() < config.lowpass_prob:
-        audio = resample(resample(audio, SAMPLE_RATE, 8000), 8000)
+        audio = band_limit(audio, 8000)
     if config.noise_prob > 0 and rng.random() < config.noise_prob:
         snr = rng.uniform(*config.noise_snr_db)
         noise = torch.from_numpy(rng.standard_normal(len(audio)).astype(np.float32))
