@@ -89,3 +89,15 @@ def test_compact_checkpoint_decodes_as_the_full_precision_model(tiny_checkpoint,
     assert (small_log_probs - log_probs).abs().max() < 0.05  # float16 rounding of the weights only
     texts = [h.text for h in greedy_ctc_decode(log_probs, out_lengths, full.tokenizer)]
     assert texts == [h.text for h in greedy_ctc_decode(small_log_probs, out_lengths, small.tokenizer)]
+
+
+def test_asr_compact_records_provenance(tiny_checkpoint, tmp_path):
+    out = tmp_path / "shipped.pt"
+    result = run_asr("compact", "--model", str(tiny_checkpoint.path), "--out", str(out),
+                     "--note", "recipe=recipes/english/run.sh", "data=four sentences")
+    assert result.returncode == 0, result.stderr
+    provenance = load_checkpoint(out).metadata["provenance"]
+    assert provenance["recipe"] == "recipes/english/run.sh" and provenance["data"] == "four sentences"
+    assert provenance["source"] == str(tiny_checkpoint.path.resolve()) and provenance["created"].startswith("20")
+    result = run_asr("compact", "--model", str(tiny_checkpoint.path), "--out", str(out), "--note", "no-equals")
+    assert result.returncode == 2 and "--note takes KEY=VALUE" in result.stderr

@@ -179,6 +179,24 @@ if run_stage 12 "store both models compactly in asr/pretrained/" "$exp/.pretrain
     --note recipe=recipes/english/run.sh config=recipes/english/conf/finetune.yaml "data=$data_note"
   asr compact --model "$exp/streaming.pt" --out "$root/asr/pretrained/streaming.pt" \
     --note recipe=recipes/english/run.sh config=recipes/english/conf/streaming.yaml "data=$data_note"
+  # the float16 weights decode as the float32 ones: every test set again, greedy, with the shipped files
+  decode compact_greedy "$root/asr/pretrained/offline.pt" --greedy
+  decode compact_streaming "$root/asr/pretrained/streaming.pt" --chunk-ms 160 --greedy
+  {
+    echo "The shipped files (\`asr/pretrained/\`, float16 weights: offline $(du -k "$root/asr/pretrained/offline.pt" | cut -f1) kB,"
+    echo "streaming $(du -k "$root/asr/pretrained/streaming.pt" | cut -f1) kB, LM included) against the float32 models, greedy WER:"
+    echo
+    echo "| test set | offline float32 | offline float16 | streaming float32 | streaming float16 |"
+    echo "|---|---|---|---|---|"
+    for set in $tests; do
+      score_splits "$exp" "$data" "${set}_compact_greedy" "${set}_compact_streaming"
+      row="| $set |"
+      for variant in greedy compact_greedy streaming compact_streaming; do
+        row+=" $(awk '/^WER/ {print $2}' "$exp/decode_${set}_$variant/score.txt") |"
+      done
+      echo "$row"
+    done
+  } | update_results RESULTS.md compact
   touch "$exp/.pretrained.done"
 fi
 
