@@ -5,7 +5,7 @@
 # each with its reference and timing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash tools/setup.sh
+bash tools/setup.sh --run-only
 export PATH="$PWD/.venv/bin:$PATH"
 
 samples=asr/pretrained/samples

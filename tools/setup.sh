@@ -1,15 +1,25 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: system packages (when root and apt-get exists), a virtual
-# environment in .venv, and the asr package with its development extras. Idempotent.
+# environment in .venv, and the asr package. Idempotent: a second run installs nothing unless
+# pyproject.toml changed.
+#
+#   tools/setup.sh               everything the tests, recipes and tools need (extras [dev])
+#   tools/setup.sh --run-only    what transcribing and streaming need (extras [mic,lm]): README command 1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SYSTEM_PACKAGES=(
-  espeak-ng sox libsox-fmt-all          # speech synthesis for the synthetic corpus and tests
-  fortunes fortunes-min fortune-mod     # offline English sentences for the synthetic corpus
-  wamerican                             # English word list: the synthetic recipe's decoding lexicon
-  libportaudio2                         # microphone input (sounddevice)
-)
+if [ "${1:-}" = --run-only ]; then
+  SYSTEM_PACKAGES=(libportaudio2)       # microphone input (sounddevice)
+  extras=mic,lm
+else
+  SYSTEM_PACKAGES=(
+    espeak-ng sox libsox-fmt-all          # speech synthesis for the synthetic corpus and tests
+    fortunes fortunes-min fortune-mod     # offline English sentences for the synthetic corpus
+    wamerican                             # English word list: the synthetic recipe's decoding lexicon
+    libportaudio2                         # microphone input (sounddevice)
+  )
+  extras=dev
+fi
 
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
@@ -30,9 +40,12 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import asr, torch, torchaudio, soundfile, jiwer, pytest" 2>/dev/null; then
-  echo "== installing asr and its dependencies into .venv (torch is about 1.7 GB)"
+# a stamp per set of extras and version of pyproject.toml: [dev] includes [mic,lm]
+stamp=".venv/.asr-installed-$(sha1sum pyproject.toml | cut -c1-12)"
+if ! grep -qxF "$extras" "$stamp" 2>/dev/null && ! grep -qxF dev "$stamp" 2>/dev/null; then
+  echo "== installing asr[$extras] into .venv (torch is about 1.7 GB)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  .venv/bin/python -m pip install -q -e ".[$extras]"
+  echo "$extras" >> "$stamp"
 fi
 echo "== ready: $(.venv/bin/python -c 'import torch, torchaudio; print("torch", torch.__version__, "torchaudio", torchaudio.__version__)')"
