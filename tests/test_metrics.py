@@ -121,7 +121,7 @@ def test_cli_score(tmp_path, capsys):
 
 def test_cli_score_missing_file(tmp_path, capsys):
     assert main(["score", str(tmp_path / "nope.txt"), str(tmp_path / "nope.txt")]) == 2
-    assert capsys.readouterr().err.startswith("error: ")
+    assert capsys.readouterr().err.startswith("asr score: error: ")
 
 
 def test_score_by_a_manifest_field(tmp_path, capsys):

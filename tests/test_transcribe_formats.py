@@ -141,12 +141,12 @@ def test_no_model_hint(tmp_path):
     result = run_asr("transcribe", str(tmp_path / "a.wav"))
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "error: no --model given: train one with recipes/speechocean762/run.sh (human speech) or "
+        "asr transcribe: error: no --model given: train one with recipes/speechocean762/run.sh (human speech) or "
         "recipes/synthetic/run.sh, then pass --model recipes/<name>/exp/final.pt"
     )
     result = run_asr("stream", "--file", str(tmp_path / "a.wav"))
     assert result.returncode == 2
-    assert result.stderr.strip().startswith("error: no --model given: train a streaming model (")
+    assert result.stderr.strip().startswith("asr stream: error: no --model given: train a streaming model (")
     assert "\n" not in result.stderr.strip()
 
 
