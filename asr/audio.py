@@ -341,7 +341,7 @@ def _input_device(sd, device: str | int | None) -> dict:
 
 _quiet_lock = threading.Lock()
 _quiet_depth = 0
-_saved_stderr = -1
+_saved_stderr = -1  # the real stderr while it is muted
 
 
 @contextlib.contextmanager
@@ -356,10 +356,11 @@ def quiet_native_stderr() -> Iterator[None]:
     with _quiet_lock:
         if _quiet_depth == 0:
             sys.stderr.flush()
-            _saved_stderr = os.dup(2)
+            saved = os.dup(2)
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 2)
             os.close(devnull)
+            _saved_stderr = saved
         _quiet_depth += 1
     try:
         yield
@@ -367,8 +368,23 @@ def quiet_native_stderr() -> Iterator[None]:
         with _quiet_lock:
             _quiet_depth -= 1
             if _quiet_depth == 0:
-                os.dup2(_saved_stderr, 2)
-                os.close(_saved_stderr)
+                _restore_stderr()
+
+
+def _restore_stderr() -> None:
+    global _saved_stderr
+    saved, _saved_stderr = _saved_stderr, -1
+    if saved >= 0:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def restore_native_stderr() -> None:
+    """Unmute stderr whatever blocks were interrupted (KeyboardInterrupt can land inside
+    :func:`quiet_native_stderr`'s own bookkeeping); for a program about to report and exit."""
+    global _quiet_depth
+    _quiet_depth = 0
+    _restore_stderr()
 
 
 def _capture_settings(sd, info: dict) -> tuple[int, int]:

@@ -90,8 +90,9 @@ def _transcribe(args: argparse.Namespace) -> int:
         else:
             print(render(result, entry), end="", flush=True)
     progress.close()
-    if failures:  # each was reported on its own line as it happened
-        print(f"{_prog}: {len(failures)} of {total} file(s) failed", file=sys.stderr)
+    if failures:  # each was reported on its own line as it happened; the count, when there were several
+        if total > 1:
+            print(f"{_prog}: {len(failures)} of {total} file(s) failed", file=sys.stderr)
         return 1
     return 0
 
@@ -455,6 +456,8 @@ def _average(args: argparse.Namespace) -> int:
 
 
 def _decode(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from asr.transcribe import decode_manifest
 
     try:
@@ -462,7 +465,7 @@ def _decode(args: argparse.Namespace) -> int:
         failures = decode_manifest(
             args.model, args.manifest, args.out, device=args.device, beam=beam,
             batch_size=args.batch_size, chunk_ms=args.chunk_ms, greedy=args.greedy,
-            on_error=lambda err: _error(str(err), 1),
+            on_error=lambda err: tqdm.write(f"{_prog}: error: {err}", file=sys.stderr),
         )
     except (RuntimeError, OSError, ImportError, ValueError) as err:
         return _fail(err)
@@ -719,11 +722,17 @@ def _stream(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     global _prog
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
     _prog = f"asr {args.verb}"
+    if unknown:  # argparse would say "asr: error:"; the verb's own parser names it
+        verbs = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+        verbs.choices[args.verb].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args)
     except KeyboardInterrupt:  # Ctrl-C: files written so far are whole (written atomically)
+        if "asr.audio" in sys.modules:  # Ctrl-C may land while a native library's chatter is muted
+            sys.modules["asr.audio"].restore_native_stderr()
         print(f"{_prog}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:

@@ -9,6 +9,7 @@ complete one: CMVN statistics, ARPA files, lexicons, hypotheses, logs, checkpoin
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 from collections.abc import Iterator
@@ -32,6 +33,24 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.filename is None and err.strerror:  # a failed write names no file: name the one meant
+            raise OSError(err.errno, err.strerror, str(path)) from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def save_torch(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` atomically. Serialised in memory first and written in one go:
+    torch's zip writer turns a failed write (disk full) into "enforce fail ... unexpected pos",
+    where a plain write raises the OSError that says what happened (at the cost of one
+    serialised copy in memory while saving)."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_write(path, "wb") as f:
+        f.write(buffer.getbuffer())

@@ -40,7 +40,7 @@ from asr.data.loader import (
 )
 from asr.data.manifest import read_manifest
 from asr.decoding import greedy_ctc_decode
-from asr.fileio import atomic_write
+from asr.fileio import atomic_write, save_torch
 from asr.features import LogMelFrontend, accumulate_stats
 from asr.models import build_model
 from asr.text import Tokenizer
@@ -128,8 +128,7 @@ def compute_cmvn_stats(manifests: str | os.PathLike | list[str], n_mels: int = 8
 
 
 def save_cmvn_stats(stats: dict, path: str | os.PathLike) -> None:
-    with atomic_write(path, "wb") as f:
-        torch.save(stats, f)
+    save_torch(stats, path)
 
 
 # ---------------------------------------------------------------------------------------------

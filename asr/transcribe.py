@@ -193,8 +193,8 @@ class Transcriber:
                     yield item.path, item.error
                     continue
                 result = _join(item.pieces)
-                if item.peak == 0.0:  # an empty text alone would not say why
-                    result.note = "digital silence (every sample is 0): nothing to transcribe"
+                if item.peak == 0.0:  # nothing to hear, whatever a model makes of it; and an empty text alone would not say why
+                    result = Transcript("", result.duration, note="digital silence (every sample is 0): nothing to transcribe")
                 yield item.path, result
 
         for path in paths:
@@ -367,7 +367,7 @@ def decode_manifest(
 
     from asr.data.manifest import read_manifest
 
-    entries = read_manifest(manifest)
+    entries = read_manifest(manifest, required=("id", "audio"))  # nothing else is used here
     if chunk_ms is None:
         transcriber = Transcriber(checkpoint, device=device, beam=beam, greedy=greedy)
         results = transcriber.transcribe_files([entry["audio"] for entry in entries], batch_size=batch_size)
