@@ -733,6 +733,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: files written so far are whole (written atomically)
         if "asr.audio" in sys.modules:  # Ctrl-C may land while a native library's chatter is muted
             sys.modules["asr.audio"].restore_native_stderr()
+        if "tqdm" in sys.modules:  # end the progress bars' lines, so that the message has its own
+            for bar in list(getattr(sys.modules["tqdm"].tqdm, "_instances", ())):
+                bar.close()
         print(f"{_prog}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
