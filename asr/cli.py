@@ -90,9 +90,10 @@ def _transcribe(args: argparse.Namespace) -> int:
         else:
             print(render(result, entry), end="", flush=True)
     progress.close()
-    if failures:  # each was reported on its own line as it happened; the count, when there were several
+    if failures:  # each was reported on its own line as it happened; with several inputs, listed again here
         if total > 1:
-            print(f"{_prog}: {len(failures)} of {total} file(s) failed", file=sys.stderr)
+            print(f"{_prog}: {len(failures)} of {total} file(s) failed:", file=sys.stderr)
+            print("\n".join(f"  {failure}" for failure in failures), file=sys.stderr)
         return 1
     return 0
 

@@ -35,6 +35,7 @@ from asr.text import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 RATE = 16000
+TABLE = os.environ.get("ASR_SUITE_TABLE")  # a JSONL file: each case's command and outcome, for docs/reliability.md
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,8 +226,9 @@ CASES = [
     Case("directory without audio", [*TRANSCRIBE, "{no_audio}"], 1,
          r"asr transcribe: error: \S+no_audio: no audio files \(\.wav, \.flac, \.ogg, \.opus, \.mp3\) in this directory"),
     Case("directory mixing good and bad files", [*TRANSCRIBE, "{mixed}"], 1,
-         r"asr transcribe: 2 of 4 file\(s\) failed", stdout=r"mixed/good\.ogg\t.*\n.*mixed/good\.wav\t",
-         also=[cannot_read("garbage.mp3", r"cannot read audio: .*"), cannot_read("truncated.flac", r"truncated or corrupt .*")]),
+         r"asr transcribe: 2 of 4 file\(s\) failed:", stdout=r"mixed/good\.ogg\t.*\n.*mixed/good\.wav\t",
+         also=[cannot_read("garbage.mp3", r"cannot read audio: .*"), cannot_read("truncated.flac", r"truncated or corrupt .*"),
+               r"  \S+mixed/garbage\.mp3: cannot read audio: .*", r"  \S+mixed/truncated\.flac: truncated or corrupt .*"]),
     # -- asr transcribe: unusual but good files (exit 0, nothing on stderr)
     Case("8-bit WAV", [*TRANSCRIBE, "{u8.wav}"], 0, OK, stdout=r"u8\.wav\t"),
     Case("24-bit WAV", [*TRANSCRIBE, "{s24.wav}"], 0, OK, stdout=r"s24\.wav\t"),
@@ -376,6 +378,12 @@ def test_bad_input(case: Case, files, models, tmp_path, capfd, monkeypatch):
         assert any(re.fullmatch(pattern, line) for line in lines), f"no stderr line matches {pattern!r}"
     if case.stdout is not None:
         assert re.search(case.stdout, out, re.M), out
+    if TABLE:
+        shown = [re.sub(r"\S*/(inputs|models|test_bad_input)[^/\s]*/", "", arg) for arg in ["asr", *expand(case.argv, files, models, tmp_path)]]
+        line = next((line for line in lines if re.fullmatch(case.message, line)), "") if case.message else ""
+        with open(TABLE, "a") as f:
+            f.write(json.dumps({"case": case.name, "command": " ".join(shown), "status": status,
+                                "message": re.sub(r"\S*/(inputs|models|test_bad_input)[^/\s]*/", "", line)}) + "\n")
 
 
 def test_every_error_is_one_line_with_the_verb(capfd, files, models, tmp_path):

@@ -44,10 +44,14 @@ def score_of(path):
 # docs/reliability.md. Keys: decode_NAME's score.txt (its WER or CER), or the last epoch's
 # column of log.csv. The synthetic and speechocean762 quick models do not leave CTC's all-blank
 # plateau at CI size (test CER 1.0000 measured), so they have no floor yet (issue #3).
+# Two runs on the same machine gave the same numbers to the fourth decimal (seeded, gloo):
+# the margins are for other CPUs' arithmetic (bf16 kernels). The test CER of unseen speakers
+# does not see CMVN switched off (0.7525, better); the dev loss and CER do.
 FSDD_QUICK_FLOORS = {
-    ("decode_test", "CER"): 0.88,  # greedy, unseen speakers: measured 0.7843, 0.7843
-    ("decode_test_beam_lexicon", "WER"): 0.85,  # ten-word lexicon: measured 0.7400, 0.7400
-    ("log.csv", "valid_cer"): 0.65,  # last epoch, dev (seen speakers): measured 0.5400, 0.5400
+    ("decode_test", "CER"): 0.85,  # greedy, unseen speakers: measured 0.7843
+    ("decode_test_beam_lexicon", "WER"): 0.80,  # ten-word lexicon: measured 0.7400
+    ("log.csv", "valid_loss"): 5.3,  # last epoch, dev (seen speakers): measured 4.9158
+    ("log.csv", "valid_cer"): 0.58,  # last epoch, dev: measured 0.5400
 }
 
 
