@@ -74,7 +74,7 @@ def score(refs: dict[str, str], hyps: dict[str, str]) -> ScoreReport:
     if not refs:
         raise ValueError("no references to score against")
     unspellable = [i for i in refs if normalize_text(refs[i])[1]]
-    ids = [i for i in refs if i not in set(unspellable)]
+    ids = [i for i in refs if not normalize_text(refs[i])[1]]
     if not ids:
         raise ValueError(f"every reference holds characters outside the alphabet (e.g. {refs[unspellable[0]]!r}); "
                          "spell numbers out as words")
