@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,38 @@ def _plain(value: Any) -> Any:
     return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
 
 
+# An LM's ARPA text and a lexicon are stored zlib-compressed: a word list of 100k words or a
+# 3-gram over 10k sentences is several MB of text, a quarter of that compressed (what lets the
+# embedded default models carry their LM within the package's size budget).
+def _pack_language_model(lm: LanguageModel | None) -> dict | None:
+    if lm is None:
+        return None
+    packed = {"lm_weight": lm.lm_weight, "word_score": lm.word_score}
+    for name in ("arpa", "lexicon"):
+        text = getattr(lm, name)
+        packed[f"{name}_zlib"] = None if text is None else zlib.compress(text.encode("utf-8"), 9)
+    return packed
+
+
+def _unpack_language_model(packed: dict | None) -> LanguageModel | None:
+    if not packed:
+        return None
+    texts = {}
+    for name in ("arpa", "lexicon"):
+        if f"{name}_zlib" in packed:
+            data = packed[f"{name}_zlib"]
+            texts[name] = None if data is None else zlib.decompress(data).decode("utf-8")
+        else:  # written before the texts were compressed
+            texts[name] = packed[name]
+    return LanguageModel(**texts, lm_weight=packed["lm_weight"], word_score=packed["word_score"])
+
+
+def _write(path: str | os.PathLike, payload: dict) -> None:
+    """All or nothing (asr.fileio.save_torch: a temporary file beside it, fsync, rename), and a
+    full disk reported as such."""
+    save_torch(payload, path)
+
+
 def save_checkpoint(
     path: str | os.PathLike,
     model: nn.Module,
@@ -76,23 +109,35 @@ def save_checkpoint(
 ) -> None:
     """Write a checkpoint atomically. Weights are stored on CPU (loads anywhere)."""
     model = getattr(model, "module", model)  # unwrap DDP
-    payload = {
-        "format": FORMAT,
-        "model": {"name": model_name, "config": _plain(model.config)},
-        "tokenizer": tokenizer.state_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "metadata": metadata or {},
-        "trainer_state": trainer_state,
-        "language_model": _plain(language_model),
-    }
-    save_torch(payload, path)
+    state_dict = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    write_checkpoint(path, Checkpoint(model_name, _plain(model.config), tokenizer, state_dict, metadata or {},
+                                      trainer_state, language_model))
 
 
 def write_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
-    """Write a loaded (or averaged) :class:`Checkpoint` back to a file, atomically."""
-    save_checkpoint(
-        path, ckpt.build_model(), ckpt.model_name, ckpt.tokenizer, ckpt.metadata, ckpt.trainer_state, ckpt.language_model
-    )
+    """Write a :class:`Checkpoint` (loaded, averaged or compacted) to a file, atomically."""
+    _write(path, {
+        "format": FORMAT,
+        "model": {"name": ckpt.model_name, "config": ckpt.model_config},
+        "tokenizer": ckpt.tokenizer.state_dict(),
+        "state_dict": ckpt.state_dict,
+        "metadata": ckpt.metadata,
+        "trainer_state": ckpt.trainer_state,
+        "language_model": _pack_language_model(ckpt.language_model),
+    })
+
+
+def compact_checkpoint(ckpt: Checkpoint, provenance: dict[str, Any] | None = None) -> Checkpoint:
+    """The model for shipping: parameters in float16 (half the bytes; they load back into a
+    float32 model), buffers such as the CMVN statistics kept in float32, no trainer state, and
+    ``provenance`` (where the weights came from) in ``metadata["provenance"]``."""
+    parameters = {name for name, _ in build_model(ckpt.model_name, ckpt.model_config, verbose=False).named_parameters()}
+    state_dict = {
+        name: value.half() if name in parameters and value.is_floating_point() else value
+        for name, value in ckpt.state_dict.items()
+    }
+    metadata = {**ckpt.metadata, "provenance": provenance or {}}
+    return dataclasses.replace(ckpt, state_dict=state_dict, metadata=metadata, trainer_state=None)
 
 
 class CheckpointError(RuntimeError):
@@ -117,7 +162,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         state_dict=payload["state_dict"],
         metadata=payload["metadata"],
         trainer_state=payload["trainer_state"],
-        language_model=LanguageModel(**lm) if (lm := payload.get("language_model")) else None,
+        language_model=_unpack_language_model(payload.get("language_model")),
     )
 
 

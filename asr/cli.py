@@ -10,12 +10,6 @@ import sys
 from asr.fileio import atomic_write
 
 
-NO_MODEL_HINT = ("no --model given: train one with recipes/speechocean762/run.sh (human speech) or "
-                 "recipes/synthetic/run.sh, then pass --model recipes/<name>/exp/final.pt")
-NO_STREAMING_MODEL_HINT = (
-    "no --model given: train a streaming model (a recipe's config plus model=streaming_gru, e.g. asr train "
-    "--config recipes/speechocean762/conf/blstm_ctc.yaml model=streaming_gru ...), then pass --model EXP/final.pt"
-)
 OUTPUT_EXTENSIONS = {"text": "txt", "json": "json", "srt": "srt", "vtt": "vtt"}
 
 
@@ -27,10 +21,9 @@ def _transcribe(args: argparse.Namespace) -> int:
 
     from asr.audio import AudioError
     from asr.data.manifest import read_manifest
+    from asr.pretrained import resolve_model
     from asr.transcribe import AUDIO_EXTENSIONS, Transcriber, audio_files, to_json, to_srt, to_vtt
 
-    if args.model is None:
-        return _error(NO_MODEL_HINT)
     # one dict per recording: {"audio": path} or, from a manifest, {"id": ..., "audio": ...};
     # the id (else the path as given) labels its output
     inputs, failures = [], []
@@ -64,7 +57,8 @@ def _transcribe(args: argparse.Namespace) -> int:
         return _error(f"--format {args.format} makes one document per input; give --output-dir for {len(inputs)} inputs")
 
     try:
-        transcriber = Transcriber(args.model, device=args.device, beam=_beam_options(args), greedy=args.greedy)
+        model = resolve_model(args.model, "offline")
+        transcriber = Transcriber(model, device=args.device, beam=_beam_options(args), greedy=args.greedy)
     except (RuntimeError, OSError, ImportError, ValueError) as err:
         return _fail(err)
     render = {"json": lambda result, entry: to_json(result, **entry) + "\n",
@@ -184,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="*", metavar="INPUT",
                    help="audio files (WAV, FLAC, OGG, Opus, MP3; any rate, any channels) or directories (searched recursively)")
     p.add_argument("--manifest", help="JSONL manifest: transcribe its entries' audio, labelled by their ids")
-    p.add_argument("--model", help="checkpoint file, e.g. recipes/synthetic/exp/final.pt")
+    p.add_argument("--model", help="checkpoint file (default: the embedded English model, asr/pretrained/MODEL_CARD.md)")
     p.add_argument("--format", choices=list(OUTPUT_EXTENSIONS), default="text",
                    help="text: PATH<TAB>TEXT lines; json: text, duration and words with start, end and confidence "
                         "(one line per input); srt, vtt: subtitles (default: text)")
@@ -359,6 +353,13 @@ def _add_training(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="averaged checkpoint, e.g. exp/final.pt")
     p.set_defaults(func=_average)
 
+    p = verbs.add_parser("compact", help="a checkpoint for shipping: float16 weights, no trainer state, provenance")
+    p.add_argument("--model", required=True, help="checkpoint file")
+    p.add_argument("--out", required=True, help="compact checkpoint to write")
+    p.add_argument("--note", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="provenance to record beside the git commit and source, e.g. recipe=... data=...")
+    p.set_defaults(func=_compact)
+
     p = verbs.add_parser("decode", help="transcribe every utterance of a manifest to id<TAB>text")
     p.add_argument("--model", required=True, help="checkpoint file")
     p.add_argument("--manifest", required=True, help="JSONL manifest to decode")
@@ -456,6 +457,31 @@ def _average(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compact(args: argparse.Namespace) -> int:
+    import datetime
+    import subprocess
+    from pathlib import Path
+
+    from asr.checkpoint import CheckpointError, compact_checkpoint, load_checkpoint, write_checkpoint
+
+    notes = dict(note.split("=", 1) for note in args.note if "=" in note)
+    if len(notes) != len(args.note):
+        return _error("--note takes KEY=VALUE")
+    source = Path(__file__).resolve().parent  # the code that trained and packs the model
+    git = subprocess.run(["git", "-C", str(source), "describe", "--always", "--dirty", "--abbrev=40"],
+                         capture_output=True, text=True)
+    provenance = {"source": str(Path(args.model).resolve()), "git_commit": git.stdout.strip() or None,
+                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **notes}
+    try:
+        ckpt = load_checkpoint(args.model)
+        write_checkpoint(args.out, compact_checkpoint(ckpt, provenance))
+    except CheckpointError as err:
+        return _fail(err)
+    before, after = Path(args.model).stat().st_size, Path(args.out).stat().st_size
+    print(f"{args.model} ({before / 1e6:.1f} MB) -> {args.out} ({after / 1e6:.1f} MB, float16 weights)")
+    return 0
+
+
 def _decode(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -543,6 +569,13 @@ def _add_prepare(verbs: argparse._SubParsersAction) -> None:
     q.add_argument("--out", required=True, help="directory for train.jsonl, test.jsonl (and dev.jsonl)")
     q.set_defaults(func=_prepare_speechocean762)
 
+    q = corpora.add_parser("keywords", help="wake words and command words (picovoice, mycroft, speechcommands), "
+                           "the corpus's own train/test split")
+    q.add_argument("--data-root", help="corpus folder with utterances.tsv and split.tsv (default: the shared copy "
+                   "../shared/data/keywords beside the repository, when it exists)")
+    q.add_argument("--out", required=True, help="directory for train.jsonl and test.jsonl")
+    q.set_defaults(func=_prepare_keywords)
+
     q = corpora.add_parser("librispeech-tree", help="any LibriSpeech-layout tree (e.g. synthetic) to one manifest")
     q.add_argument("--root", required=True, help="directory with SPEAKER/CHAPTER/*.flac and *.trans.txt")
     q.add_argument("--out", required=True, help="manifest file, e.g. data/train.jsonl")
@@ -602,6 +635,17 @@ def _prepare_speechocean762(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_keywords(args: argparse.Namespace) -> int:
+    from asr.data.keywords import SHARED_COPY, prepare_keywords
+
+    root = args.data_root or SHARED_COPY
+    try:
+        prepare_keywords(root, args.out)
+    except (FileNotFoundError, ValueError) as err:
+        return _fail(err, 1)
+    return 0
+
+
 def _prepare_librispeech_tree(args: argparse.Namespace) -> int:
     from asr.data.manifest import librispeech_tree_to_entries, validate_entries, write_manifest
 
@@ -618,7 +662,8 @@ def _prepare_librispeech_tree(args: argparse.Namespace) -> int:
 
 def _add_stream(verbs: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("stream", help="live recognition from a microphone (or a file streamed like one)")
-    p.add_argument("--model", help="streaming checkpoint (trained with model=streaming_gru)")
+    p.add_argument("--model", help="streaming checkpoint, trained with model=streaming_gru (default: the embedded "
+                   "English streaming model, asr/pretrained/MODEL_CARD.md)")
     p.add_argument("--device", metavar="NAME|INDEX", help="input device (default: the system's default input)")
     p.add_argument("--list-devices", action="store_true", help="list the input devices and exit")
     p.add_argument("--chunk-ms", type=_positive_int, default=80, metavar="MS",
@@ -640,6 +685,7 @@ def _stream(args: argparse.Namespace) -> int:
 
     from asr.audio import AudioError, Microphone, MicrophoneError, check_audio, iter_audio_blocks, list_input_devices
     from asr.checkpoint import CheckpointError
+    from asr.pretrained import resolve_model
     from asr.streaming import Recognizer
 
     mic = None
@@ -651,11 +697,9 @@ def _stream(args: argparse.Namespace) -> int:
             for d in devices:
                 print(f"{'*' if d.is_default else ' '} {d.index}: {d.name} ({d.channels} ch, {d.default_rate} Hz)")
             return 0
-        if not args.model:
-            return _error(NO_STREAMING_MODEL_HINT)
         if args.realtime and not args.file:
             return _error("--realtime needs --file")
-        recognizer = Recognizer(args.model, beam=_beam_options(args), greedy=args.greedy)
+        recognizer = Recognizer(resolve_model(args.model, "streaming"), beam=_beam_options(args), greedy=args.greedy)
         if args.file:
             # the whole file checked now, as every reader checks it: a bad one is refused before
             # anything of it is recognised (a truncated MP3 shows only at its end)

@@ -97,7 +97,7 @@ def test_update_results_keeps_notes_written_by_hand(tmp_path):
 @pytest.mark.slow
 @requires_espeak
 def test_synthetic_recipe_quick_runs_end_to_end(tmp_path):
-    result = run_recipe("synthetic", tmp_path, "--stop-stage", "10")
+    result = run_recipe("synthetic", tmp_path, "--stop-stage", "11")
     last_line = result.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"WER test \d+\.\d+", last_line), last_line
     wer, cer = score_of(tmp_path / "exp" / "decode_test" / "score.txt")
@@ -132,7 +132,7 @@ def test_synthetic_recipe_quick_runs_end_to_end(tmp_path):
     assert weights == ["--lm-weight", str(streaming.lm_weight), "--word-score", str(streaming.word_score)]
 
     # idempotent: a second run skips every stage and prints the same last line
-    again = run_recipe("synthetic", tmp_path, "--stop-stage", "10")
+    again = run_recipe("synthetic", tmp_path, "--stop-stage", "11")
     assert "done already" in again.stdout and again.stdout.strip().splitlines()[-1] == last_line
 
 

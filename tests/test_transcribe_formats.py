@@ -137,19 +137,6 @@ def test_failures_listed_at_the_end(tiny_checkpoint, audio_dir, tmp_path):
     assert any(f"{tmp_path / 'empty'}: no audio files" in line for line in summary)
 
 
-def test_no_model_hint(tmp_path):
-    result = run_asr("transcribe", str(tmp_path / "a.wav"))
-    assert result.returncode == 2
-    assert result.stderr.strip() == (
-        "asr transcribe: error: no --model given: train one with recipes/speechocean762/run.sh (human speech) or "
-        "recipes/synthetic/run.sh, then pass --model recipes/<name>/exp/final.pt"
-    )
-    result = run_asr("stream", "--file", str(tmp_path / "a.wav"))
-    assert result.returncode == 2
-    assert result.stderr.strip().startswith("asr stream: error: no --model given: train a streaming model (")
-    assert "\n" not in result.stderr.strip()
-
-
 def test_subtitle_cues_respect_length_duration_and_pauses():
     from asr.transcribe import Transcript, Word, subtitle_cues, to_srt, to_vtt
 

@@ -167,7 +167,10 @@ update_results() {
   rm -f "$block"
 }
 
-# last_wer EXP SPLIT: print the recipe's closing line "WER SPLIT <value>".
+# last_wer EXP SPLIT: print the recipe's closing line "WER SPLIT <value>" (nothing, and success,
+# when a partial run has not scored SPLIT yet: another recipe may run this one's first stages).
 last_wer() {
-  [ -f "$1/decode_$2/score.txt" ] && echo "WER $2 $(awk '/^WER/ {print $2}' "$1/decode_$2/score.txt")"
+  if [ -f "$1/decode_$2/score.txt" ]; then
+    echo "WER $2 $(awk '/^WER/ {print $2}' "$1/decode_$2/score.txt")"
+  fi
 }

@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# English recipe: the embedded default models that `asr transcribe` and `asr stream` use without
+# --model. Everything real in ../shared/data (speechocean762's read sentences, the keywords
+# corpus's wake and command words, FSDD's digits; see their ATTRIBUTION.md files, nothing is
+# copied here) mixed with the synthetic recipe's espeak-ng corpus; the synthetic recipe's models
+# (pre-trained on that corpus alone) fine-tuned on the mixture: the BiLSTM-CTC for files and the
+# streaming GRU for the microphone. A general word 3-gram LM from every training transcript,
+# weights tuned on a dev set of real and synthetic speech, attached to both. Every test set
+# scored, greedy and with the LM, offline and streamed (RESULTS.md); then, when asked, both
+# models stored compactly (float16) with their provenance in ../../asr/pretrained/.
+#
+#   ./run.sh [--stage N] [--stop-stage M] [--data DIR] [--exp DIR]
+#
+# Stage 12 (run only when asked: --stage 12) replaces the embedded defaults in asr/pretrained/:
+# a deliberate step, at most once per issue, since the files are committed.
+# SPEECHOCEAN762_ROOT, KEYWORDS_ROOT and FSDD_ROOT override where the corpora are read from
+# (default: ../shared/data/<corpus> beside the repository). Stages are idempotent (.done
+# markers); an interrupted training resumes from its last.pt.
+set -euo pipefail
+cd "$(dirname "$0")"
+default_stop_stage=11
+source ../shared/stages.sh
+$quick && { echo "error: this recipe has no --quick mode; the other recipes' quick runs test its stages" >&2; exit 2; }
+
+data=${data_dir:-data} exp=${exp_dir:-exp}
+shared_data=$root/../shared/data
+synthetic=../synthetic/data/default
+# training mixture: speechocean762 and the keyword clips at three speeds, FSDD's digits, the synthetic corpus
+train_manifests=$data/speechocean762/train.jsonl,$data/keywords/train.jsonl,$data/fsdd/train.jsonl,$synthetic/train.jsonl
+tests="speechocean762 fsdd keywords synthetic"
+tune_grid="--lm-weights 1.0 1.5 2.0 --word-scores 0 1 2.5 --sample 150"
+mkdir -p "$data" "$exp"
+
+# Each corpus in its own folder; Ogg Opus decoded once to FLAC (speed-perturbed copies of the
+# training parts), so that the loader neither decodes Opus nor resamples every epoch. Test sets
+# are named after their corpus: $data/<corpus>.jsonl.
+if run_stage 1 "manifests of the real corpora; audio decoded once to FLAC" "$data/.manifests.done"; then
+  asr prepare speechocean762 --data-root "${SPEECHOCEAN762_ROOT:-$shared_data/speechocean762}" --dev-speakers 6 \
+    --out "$data/speechocean762/original"
+  asr cache-audio --manifest "$data/speechocean762/original/train.jsonl" --speeds 0.9 1.0 1.1 \
+    --out-dir "$data/speechocean762/audio" --out "$data/speechocean762/train.jsonl"
+  asr cache-audio --manifest "$data/speechocean762/original/dev.jsonl" --out-dir "$data/speechocean762/audio" \
+    --out "$data/speechocean762/dev.jsonl"
+  asr cache-audio --manifest "$data/speechocean762/original/test.jsonl" --out-dir "$data/speechocean762/audio" \
+    --out "$data/speechocean762.jsonl"
+  asr prepare keywords --data-root "${KEYWORDS_ROOT:-$shared_data/keywords}" --out "$data/keywords/original"
+  asr cache-audio --manifest "$data/keywords/original/train.jsonl" --speeds 0.9 1.0 1.1 \
+    --out-dir "$data/keywords/audio" --out "$data/keywords/train.jsonl"
+  cp "$data/keywords/original/test.jsonl" "$data/keywords.jsonl"
+  asr prepare fsdd --data-root "${FSDD_ROOT:-$shared_data/fsdd}" --out "$data/fsdd"
+  cp "$data/fsdd/test.jsonl" "$data/fsdd.jsonl"
+  touch "$data/.manifests.done"
+fi
+
+# The synthetic recipe makes its corpus and pre-trains both models on it alone (its stages 1-5
+# and 10; nothing is redone when they have run).
+if run_stage 2 "pre-train on the synthetic corpus: ../synthetic/exp/final.pt and streaming.pt" "$exp/.pretrain.done"; then
+  bash ../synthetic/run.sh --stop-stage 5
+  bash ../synthetic/run.sh --stage 10 --stop-stage 10
+  cp "$synthetic/test.jsonl" "$data/synthetic.jsonl"
+  # validation and LM tuning: speechocean762's 6 held-out speakers and the synthetic dev voices
+  cat "$data/speechocean762/dev.jsonl" "$synthetic/dev.jsonl" > "$data/dev.jsonl"
+  touch "$exp/.pretrain.done"
+fi
+
+if run_stage 3 "global CMVN statistics of the training mixture" "$exp/.cmvn.done"; then
+  asr compute-cmvn --manifest "$train_manifests" --out "$exp/cmvn.pt"
+  touch "$exp/.cmvn.done"
+fi
+
+if run_stage 4 "fine-tune the BiLSTM-CTC on the mixture (conf/finetune.yaml)" "$exp/.train.done"; then
+  asr_train --config conf/finetune.yaml exp_dir="$exp/offline" cmvn="$exp/cmvn.pt" \
+    data.train="$train_manifests" data.valid="$data/dev.jsonl"
+  touch "$exp/.train.done"
+fi
+
+if run_stage 5 "fine-tune the streaming GRU on the mixture (conf/streaming.yaml)" "$exp/.streaming_train.done"; then
+  asr_train --config conf/streaming.yaml exp_dir="$exp/streaming" cmvn="$exp/cmvn.pt" \
+    data.train="$train_manifests" data.valid="$data/dev.jsonl"
+  touch "$exp/.streaming_train.done"
+fi
+
+if run_stage 6 "average the last 3 epochs -> $exp/final.pt, $exp/streaming.pt" "$exp/.average.done"; then
+  asr average --exp-dir "$exp/offline" --last 3 --out "$exp/final.pt"
+  asr average --exp-dir "$exp/streaming" --last 3 --out "$exp/streaming.pt"
+  touch "$exp/.average.done"
+fi
+
+# A word 3-gram from every training transcript (each sentence once, not the speed copies):
+# speechocean762's prompts, the keywords, the digits and the synthetic corpus's 9,000 fortune
+# sentences. The search stays lexicon-free, so that a word the LM never saw can still be spelled.
+if run_stage 7 "word 3-gram LM; weights tuned on dev for each model and attached" "$exp/.lm.done"; then
+  mkdir -p "$exp/lm"
+  asr lm --manifest "$data/speechocean762/original/train.jsonl" "$data/keywords/original/train.jsonl" \
+    "$data/fsdd/train.jsonl" "$synthetic/train.jsonl" --order 3 --out "$exp/lm/3gram.arpa"
+  asr tune-lm --model "$exp/final.pt" --manifest "$data/dev.jsonl" --lm "$exp/lm/3gram.arpa" $tune_grid \
+    --out "$exp/lm/weights.args"
+  asr attach-lm --model "$exp/final.pt" --lm "$exp/lm/3gram.arpa" $(cat "$exp/lm/weights.args")
+  asr tune-lm --model "$exp/streaming.pt" --manifest "$data/dev.jsonl" --lm "$exp/lm/3gram.arpa" $tune_grid \
+    --out "$exp/lm/streaming_weights.args"
+  asr attach-lm --model "$exp/streaming.pt" --lm "$exp/lm/3gram.arpa" $(cat "$exp/lm/streaming_weights.args")
+  touch "$exp/.lm.done"
+fi
+
+# decode NAME MODEL ARGS...: every test set decoded into $exp/decode_<set>_NAME/hyp.txt
+decode() {
+  local name=$1 model=$2 set; shift 2
+  for set in $tests; do
+    mkdir -p "$exp/decode_${set}_$name"
+    asr decode --model "$model" --manifest "$data/$set.jsonl" "$@" --out "$exp/decode_${set}_$name/hyp.txt"
+  done
+}
+
+if run_stage 8 "decode every test set with the offline model: greedy, and with the LM" "$exp/.decode.done"; then
+  decode greedy "$exp/final.pt" --greedy
+  decode lm "$exp/final.pt"
+  touch "$exp/.decode.done"
+fi
+
+if run_stage 9 "stream every test set in 160 ms chunks: greedy, and with the LM" "$exp/.decode_streaming.done"; then
+  decode streaming "$exp/streaming.pt" --chunk-ms 160 --greedy
+  decode streaming_lm "$exp/streaming.pt" --chunk-ms 160
+  touch "$exp/.decode_streaming.done"
+fi
+
+if run_stage 10 "score -> RESULTS.md" "$exp/.score.done"; then
+  for variant in greedy lm streaming streaming_lm; do
+    score_splits --by age_group "$exp" "$data" "speechocean762_$variant"
+    score_splits --by source "$exp" "$data" "keywords_$variant"
+    score_splits "$exp" "$data" "fsdd_$variant" "synthetic_$variant"
+  done
+  {
+    echo "Produced by \`recipes/english/run.sh\` on $(date -u +%Y-%m-%d), $(nproc) CPU cores, $(gpus)."
+    echo "Models: \`$exp/final.pt\` (offline) and \`$exp/streaming.pt\` (streamed in 160 ms chunks); LM weights"
+    echo "tuned on dev: offline \`$(cat "$exp/lm/weights.args")\`, streaming \`$(cat "$exp/lm/streaming_weights.args")\`."
+    echo
+    echo "| test set | offline greedy | offline + LM | streaming greedy | streaming + LM |"
+    echo "|---|---|---|---|---|"
+    for set in $tests; do
+      row="| $set |"
+      for variant in greedy lm streaming streaming_lm; do
+        score=$exp/decode_${set}_$variant/score.txt
+        row+=" $(awk '/^WER/ {print $2}' "$score") / $(awk '/^CER/ {print $2}' "$score") |"
+      done
+      echo "$row"
+    done
+    echo
+    echo "WER / CER. By speaker age (speechocean762) and by source (keywords), offline + LM:"
+    echo
+    echo '```'
+    sed -n '/^by age_group:/,$p' "$exp/decode_speechocean762_lm/score.txt"
+    sed -n '/^by source:/,$p' "$exp/decode_keywords_lm/score.txt"
+    echo '```'
+    echo
+    echo "Fine-tuning curves (\`$exp/offline/log.csv\`, \`$exp/streaming/log.csv\`):"
+    echo
+    echo '```'
+    cat "$exp/offline/log.csv"
+    echo
+    cat "$exp/streaming/log.csv"
+    echo '```'
+  } | update_results RESULTS.md scores
+  touch "$exp/.score.done"
+fi
+
+# Robustness of the offline default (greedy): quieter, louder, in noise, at 8 kHz, with silence around
+if run_stage 11 "robustness conditions (tools/bench_robustness.py) -> RESULTS.md" "$exp/.robustness.done"; then
+  python "$root/tools/bench_robustness.py" --model "$exp/final.pt" --manifest "$data/speechocean762.jsonl" \
+    --sample 300 --gains-db -20 10 --snrs-db 20 10 --sample-rates 8000 --silences-s 0.5 > "$exp/robustness.md"
+  update_results RESULTS.md robustness < "$exp/robustness.md"
+  touch "$exp/.robustness.done"
+fi
+
+# Not run by default: replace the embedded defaults (committed files) with this run's models,
+# weights in float16, with their provenance (this recipe, its config, the git commit, the data).
+if run_stage 12 "store both models compactly in asr/pretrained/" "$exp/.pretrained.done"; then
+  data_note="speechocean762 train (119 speakers) and keywords train (1974 speakers) at speeds 0.9/1.0/1.1, FSDD train (4 speakers), the synthetic corpus (espeak-ng, 200 voices)"
+  asr compact --model "$exp/final.pt" --out "$root/asr/pretrained/offline.pt" \
+    --note recipe=recipes/english/run.sh config=recipes/english/conf/finetune.yaml "data=$data_note"
+  asr compact --model "$exp/streaming.pt" --out "$root/asr/pretrained/streaming.pt" \
+    --note recipe=recipes/english/run.sh config=recipes/english/conf/streaming.yaml "data=$data_note"
+  # the float16 weights decode as the float32 ones: every test set again, greedy, with the shipped files
+  decode compact_greedy "$root/asr/pretrained/offline.pt" --greedy
+  decode compact_streaming "$root/asr/pretrained/streaming.pt" --chunk-ms 160 --greedy
+  {
+    echo "The shipped files (\`asr/pretrained/\`, float16 weights: offline $(du -k "$root/asr/pretrained/offline.pt" | cut -f1) kB,"
+    echo "streaming $(du -k "$root/asr/pretrained/streaming.pt" | cut -f1) kB, LM included) against the float32 models, greedy WER:"
+    echo
+    echo "| test set | offline float32 | offline float16 | streaming float32 | streaming float16 |"
+    echo "|---|---|---|---|---|"
+    for set in $tests; do
+      score_splits "$exp" "$data" "${set}_compact_greedy" "${set}_compact_streaming"
+      row="| $set |"
+      for variant in greedy compact_greedy streaming compact_streaming; do
+        row+=" $(awk '/^WER/ {print $2}' "$exp/decode_${set}_$variant/score.txt") |"
+      done
+      echo "$row"
+    done
+  } | update_results RESULTS.md compact
+  touch "$exp/.pretrained.done"
+fi
+
+last_wer "$exp" speechocean762_lm
