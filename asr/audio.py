@@ -11,6 +11,7 @@ import math
 import os
 import struct
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,19 +54,45 @@ def lowpass(audio: torch.Tensor, cutoff_hz: float) -> torch.Tensor:
     return AF.lowpass_biquad(audio, SAMPLE_RATE, cutoff_hz)
 
 
+# libsndfile's reasons, as a user can act on them. It says "File does not exist or is not a
+# regular file" for an MP3 it cannot parse (its mpg123 reader fails to open), whatever the file is.
+_SNDFILE_REASONS = {
+    "Format not recognised": "not an audio file soundfile can read (unrecognised format)",
+    "File does not exist or is not a regular file": "not an audio file soundfile can read (corrupt or not audio)",
+    "Supported file format but file is malformed": "malformed audio file (truncated or corrupt)",
+}
+
+MIN_SAMPLES = 400  # one 25 ms analysis window at 16 kHz: shorter audio gives the model no frame
+
+
+def _reason(err: Exception) -> str:
+    text = str(err).split(":", 1)[-1].strip() if ":" in str(err) else str(err)
+    text = text.removeprefix("Error : ")
+    for known, reason in _SNDFILE_REASONS.items():
+        if text.startswith(known):
+            return reason
+    return text.rstrip(".")
+
+
 def _open(path: str | os.PathLike) -> sf.SoundFile:
+    """Open a file for reading, with the checks every reader shares (existence, size, header,
+    a WAV's declared size); native decoders' warnings do not reach the terminal."""
     path = Path(path)
     if not path.exists():
         raise AudioError(f"{path}: no such file")
     if path.is_dir():
         raise AudioError(f"{path}: is a directory, not an audio file")
+    if not os.access(path, os.R_OK):
+        raise AudioError(f"{path}: permission denied")
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: empty file (0 bytes)")
     try:
-        handle = sf.SoundFile(path)
+        with quiet_native_stderr():
+            handle = sf.SoundFile(path)
     except sf.LibsndfileError as err:
-        reason = str(err).split(":", 1)[-1].strip() if ":" in str(err) else str(err)
-        raise AudioError(f"{path}: cannot read audio ({reason})") from None
+        raise AudioError(f"{path}: cannot read audio: {_reason(err)}") from None
+    except OSError as err:  # e.g. a file that vanished or an I/O error
+        raise AudioError(f"{path}: cannot read audio: {err.strerror or err}") from None
     if handle.format == "WAV":
         _check_wav_size(path, handle)
     return handle
@@ -85,6 +112,29 @@ def _check_wav_size(path: Path, handle: sf.SoundFile) -> None:
             )
 
 
+def _read(handle: sf.SoundFile, path: Path, frames: int = -1) -> np.ndarray:
+    """``frames`` frames (all: -1) as float32 ``(frames, channels)``; a decoder error is an AudioError."""
+    try:
+        with quiet_native_stderr():  # mpg123 reports every resync on a damaged MP3
+            return handle.read(frames, dtype="float32", always_2d=True)
+    except sf.LibsndfileError as err:
+        raise AudioError(f"{path}: truncated or corrupt ({_reason(err)})") from None
+
+
+def _check_complete(path: Path, handle: sf.SoundFile, read: int) -> None:
+    """The checks after the last sample, shared by every reader: some audio, and (compressed
+    formats) all the frames the header promised. A WAV's size was checked at opening; libsndfile
+    stops early, without an error, on a truncated MP3."""
+    if read == 0:
+        raise AudioError(f"{path}: no audio samples (empty or truncated file)")
+    expected = handle.frames
+    if handle.format != "WAV" and 0 < expected and read < 0.99 * expected:
+        raise AudioError(f"{path}: truncated file ({read} of {expected} frames readable)")
+    if read * SAMPLE_RATE < MIN_SAMPLES * handle.samplerate:
+        raise AudioError(f"{path}: too short ({1000 * read / handle.samplerate:.0f} ms of audio; "
+                         f"at least {1000 * MIN_SAMPLES // SAMPLE_RATE} ms, one analysis window, is needed)")
+
+
 def _to_mono_16k(block: np.ndarray, rate: int, path: Path) -> torch.Tensor:
     if not np.isfinite(block).all():
         raise AudioError(f"{path}: contains NaN or infinite samples")
@@ -93,19 +143,14 @@ def _to_mono_16k(block: np.ndarray, rate: int, path: Path) -> torch.Tensor:
 
 
 def load_audio(path: str | os.PathLike) -> torch.Tensor:
-    """Read a whole file as mono float32 16 kHz ``(samples,)`` (channels are averaged)."""
+    """Read a whole file as mono float32 16 kHz ``(samples,)`` (channels are averaged).
+
+    Accepts and refuses exactly the files :func:`iter_audio_blocks` does (same checks)."""
     path = Path(path)
     with _open(path) as handle:
-        try:
-            block = handle.read(dtype="float32", always_2d=True)
-        except sf.LibsndfileError as err:
-            raise AudioError(f"{path}: truncated or corrupt ({err})") from None
-        expected = handle.frames
+        block = _read(handle, path)
+        _check_complete(path, handle, len(block))
         rate = handle.samplerate
-    if len(block) == 0:
-        raise AudioError(f"{path}: no audio samples (empty or truncated file)")
-    if handle.format not in ("WAV",) and 0 < expected and len(block) < 0.99 * expected:
-        raise AudioError(f"{path}: truncated file ({len(block)} of {expected} frames readable)")
     return _to_mono_16k(block, rate, path)
 
 
@@ -115,12 +160,34 @@ def audio_duration(path: str | os.PathLike) -> float:
         return handle.frames / handle.samplerate
 
 
+def check_audio(path: str | os.PathLike, seconds: float = 60.0) -> float:
+    """Decode a whole file in blocks (bounded memory) with every check the readers make;
+    returns its duration in seconds, or raises :class:`AudioError`. For callers that must
+    refuse a bad file before they act on any of it (``asr stream --file``, manifest validation)."""
+    path = Path(path)
+    with _open(path) as handle:
+        block = max(1, int(seconds * handle.samplerate))
+        read = 0
+        while True:
+            data = _read(handle, path, block)
+            if not np.isfinite(data).all():
+                raise AudioError(f"{path}: contains NaN or infinite samples")
+            read += len(data)
+            if len(data) < block:
+                break
+        _check_complete(path, handle, read)
+        return read / handle.samplerate
+
+
 def iter_audio_blocks(path: str | os.PathLike, seconds: float = 10.0) -> Iterator[torch.Tensor]:
     """Stream a file as consecutive mono 16 kHz blocks of about ``seconds`` each.
 
     Memory stays bounded however long the file. Blocks are resampled with a margin of
     context on both sides, and block edges fall on sample positions that map to whole output
     samples, so the concatenation equals resampling the whole file (to float tolerance).
+
+    A file :func:`load_audio` refuses raises the same :class:`AudioError` here; a truncation
+    that only shows at the end raises it after the blocks read so far.
     """
     path = Path(path)
     with _open(path) as handle:
@@ -129,25 +196,20 @@ def iter_audio_blocks(path: str | os.PathLike, seconds: float = 10.0) -> Iterato
         block = max(step, int(seconds * rate) // step * step)
         margin = step * math.ceil(256 / step) if rate != SAMPLE_RATE else 0
         total = handle.frames
-        produced = 0
+        read = 0  # native frames decoded, up to the end of the last block
         for start in range(0, total, block):
             lo = max(0, start - margin)
             hi = min(total, start + block + margin)
             handle.seek(lo)
-            try:
-                data = handle.read(hi - lo, dtype="float32", always_2d=True)
-            except sf.LibsndfileError as err:
-                raise AudioError(f"{path}: truncated or corrupt ({err})") from None
-            if len(data) == 0:
+            data = _read(handle, path, hi - lo)
+            read = max(read, lo + len(data))
+            if len(data) <= start - lo:  # nothing past the margin: the decoder ran dry
                 break
             out = _to_mono_16k(data, rate, path)
             skip = (start - lo) * SAMPLE_RATE // rate
-            keep = math.ceil(min(block, total - start) * SAMPLE_RATE / rate)
-            chunk = out[skip : skip + keep]
-            produced += len(chunk)
-            yield chunk
-        if produced == 0:
-            raise AudioError(f"{path}: no audio samples (empty or truncated file)")
+            keep = math.ceil(min(block, total - start, lo + len(data) - start) * SAMPLE_RATE / rate)
+            yield out[skip : skip + keep]
+        _check_complete(path, handle, read)
 
 
 def split_on_silence(
@@ -277,20 +339,52 @@ def _input_device(sd, device: str | int | None) -> dict:
         raise MicrophoneError(f"no input device {device!r} ({err}); available: {names}") from None
 
 
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_saved_stderr = -1  # the real stderr while it is muted
+
+
 @contextlib.contextmanager
 def quiet_native_stderr() -> Iterator[None]:
     """File descriptor 2 to /dev/null for the block, where C and C++ libraries write directly:
     ALSA and PortAudio print several lines for each setting a device refuses (a refusal is an
-    answer there, not an error), KenLM announces each LM it loads."""
-    sys.stderr.flush()
-    saved = os.dup(2)
+    answer there, not an error), KenLM announces each LM it loads, mpg123 each resync in a
+    damaged MP3. The descriptor is process-wide, so nested and concurrent blocks (manifest
+    validation decodes in threads) share one redirection: the first in sets it, the last out
+    restores it. Python's own messages written meanwhile are lost too; keep the blocks short."""
+    global _quiet_depth, _saved_stderr
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+            _saved_stderr = saved
+        _quiet_depth += 1
     try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
         yield
     finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                _restore_stderr()
+
+
+def _restore_stderr() -> None:
+    global _saved_stderr
+    saved, _saved_stderr = _saved_stderr, -1
+    if saved >= 0:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+def restore_native_stderr() -> None:
+    """Unmute stderr whatever blocks were interrupted (KeyboardInterrupt can land inside
+    :func:`quiet_native_stderr`'s own bookkeeping); for a program about to report and exit."""
+    global _quiet_depth
+    _quiet_depth = 0
+    _restore_stderr()
 
 
 def _capture_settings(sd, info: dict) -> tuple[int, int]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from asr.fileio import save_torch
 from asr.models import build_model
 from asr.text import Tokenizer
 
@@ -93,19 +93,9 @@ def _unpack_language_model(packed: dict | None) -> LanguageModel | None:
 
 
 def _write(path: str | os.PathLike, payload: dict) -> None:
-    """torch.save to a temporary file in the same folder, fsync, rename: all or nothing."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """All or nothing (asr.fileio.save_torch: a temporary file beside it, fsync, rename), and a
+    full disk reported as such."""
+    save_torch(payload, path)
 
 
 def save_checkpoint(

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
+
+from asr.fileio import atomic_write
 
 
 OUTPUT_EXTENSIONS = {"text": "txt", "json": "json", "srt": "srt", "vtt": "vtt"}
@@ -29,31 +32,29 @@ def _transcribe(args: argparse.Namespace) -> int:
             found = audio_files(name)
             if not found:
                 failures.append(f"{name}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in this directory")
+                _error(failures[-1])
             inputs += [{"audio": str(path)} for path in found]
         else:
             inputs.append({"audio": name})
     if args.manifest:
         try:
-            inputs += [{"id": str(entry["id"]), "audio": entry["audio"]} for entry in read_manifest(args.manifest)]
+            entries = read_manifest(args.manifest, required=("id", "audio"))  # nothing else is used here
+            inputs += [{"id": str(entry["id"]), "audio": entry["audio"]} for entry in entries]
         except (OSError, ValueError) as err:
             return _fail(err)
     if not inputs and not failures:
-        print("error: nothing to transcribe; give audio files, directories or --manifest", file=sys.stderr)
-        return 2
+        return _error("nothing to transcribe; give audio files, directories or --manifest")
 
     extension = OUTPUT_EXTENSIONS[args.format]
     stems = [entry.get("id") or Path(entry["audio"]).stem for entry in inputs]
     if args.output_dir:
         clashes = sorted(stem for stem, n in Counter(stems).items() if n > 1)
         if clashes:
-            print(f"error: several inputs would write {Path(args.output_dir) / clashes[0]}.{extension}; "
-                  "give them distinct names", file=sys.stderr)
-            return 2
+            return _error(f"several inputs would write {Path(args.output_dir) / clashes[0]}.{extension}; "
+                          "give them distinct names")
         Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     elif args.format in ("srt", "vtt") and len(inputs) > 1:
-        print(f"error: --format {args.format} makes one document per input; give --output-dir for {len(inputs)} inputs",
-              file=sys.stderr)
-        return 2
+        return _error(f"--format {args.format} makes one document per input; give --output-dir for {len(inputs)} inputs")
 
     try:
         model = resolve_model(args.model, "offline")
@@ -71,26 +72,57 @@ def _transcribe(args: argparse.Namespace) -> int:
         progress.update()
         if isinstance(result, AudioError):
             failures.append(str(result))
-            progress.write(f"error: {result}", file=sys.stderr)
-        elif args.output_dir:
-            (Path(args.output_dir) / f"{stem}.{extension}").write_text(render(result, entry), encoding="utf-8")
+            progress.write(f"{_prog}: error: {result}", file=sys.stderr)
+            continue
+        if result.note:
+            progress.write(f"{_prog}: warning: {entry['audio']}: {result.note}", file=sys.stderr)
+        if args.output_dir:
+            with atomic_write(Path(args.output_dir) / f"{stem}.{extension}") as f:
+                f.write(render(result, entry))
         elif args.format == "text":
             print(f"{entry.get('id') or entry['audio']}\t{result.text}", flush=True)
         else:
             print(render(result, entry), end="", flush=True)
     progress.close()
-    if failures:
-        print(f"{len(failures)} of {total} file(s) failed:", file=sys.stderr)
-        print("\n".join(f"  {failure}" for failure in failures), file=sys.stderr)
+    if failures:  # each was reported on its own line as it happened; with several inputs, listed again here
+        if total > 1:
+            print(f"{_prog}: {len(failures)} of {total} file(s) failed:", file=sys.stderr)
+            print("\n".join(f"  {failure}" for failure in failures), file=sys.stderr)
         return 1
     return 0
 
 
-def _fail(err: Exception) -> int:
-    """Print a one-line error (an OSError without its errno noise) and return exit status 2."""
-    message = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename else err
-    print(f"error: {message}", file=sys.stderr)
-    return 2
+# Exit statuses (README: "Exit codes and errors"): 0 done; 1 some input file could not be used
+# (each named on its own error line) or an output could not be written (disk full, file-size
+# limit); 2 usage: bad options, a missing or unusable model, config or manifest; 130 Ctrl-C.
+# Output errors: the disk or a quota, not the command line, is at fault.
+OUTPUT_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO, errno.EROFS}
+_prog = "asr"  # "asr VERB" once main() has parsed the command line: argparse's own error prefix
+
+
+def _error(message: str, code: int = 2) -> int:
+    """Print ``asr VERB: error: MESSAGE`` (one line, as argparse prints usage errors) and return ``code``."""
+    print(f"{_prog}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _message(err: BaseException) -> str:
+    """One line for an exception: an OSError without its errno noise, the first line of others."""
+    if isinstance(err, OSError) and err.filename and err.strerror:
+        return f"{err.filename}: {err.strerror}"
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    if isinstance(err, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})"
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def _fail(err: BaseException, code: int = 2) -> int:
+    """Print a one-line error and return exit status ``code`` (1 for a failed output write)."""
+    if isinstance(err, OSError) and err.errno in OUTPUT_ERRNOS:
+        code = 1
+    return _error(_message(err), code)
 
 
 def _positive_int(value: str) -> int:
@@ -268,7 +300,7 @@ def _tune_lm(args: argparse.Namespace) -> int:
     best = f"--lm-weight {lm_weight} --word-score {word_score}"
     print(f"best: {best} (dev WER {min(row[2] for row in table):.4f})")
     if args.out:
-        with open(args.out, "w") as f:
+        with atomic_write(args.out) as f:
             f.write(best + "\n")
     return 0
 
@@ -349,8 +381,7 @@ def _cache_audio(args: argparse.Namespace) -> int:
     try:
         copies = cache_audio(read_manifest(args.manifest), args.out_dir, args.speeds, args.jobs)
     except (AudioError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return _fail(err, 1)
     write_manifest(args.out, copies)
     hours = sum(entry["duration"] for entry in copies) / 3600
     print(f"wrote {len(copies)} entries ({hours:.2f} h) to {args.out}")
@@ -358,27 +389,42 @@ def _cache_audio(args: argparse.Namespace) -> int:
 
 
 def _compute_cmvn(args: argparse.Namespace) -> int:
+    from asr.audio import AudioError
     from asr.training import compute_cmvn_stats, save_cmvn_stats
 
-    save_cmvn_stats(compute_cmvn_stats(args.manifest, args.n_mels, args.max_utterances, args.dither), args.out)
+    try:
+        save_cmvn_stats(compute_cmvn_stats(args.manifest, args.n_mels, args.max_utterances, args.dither), args.out)
+    except AudioError as err:
+        return _fail(err, 1)
+    except (OSError, ValueError) as err:
+        return _fail(err)
     print(f"wrote {args.out}")
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
+    from asr.audio import AudioError
+    from asr.checkpoint import CheckpointError
     from asr.config import load_config
     from asr.training import TrainConfig, Trainer
 
     import torch.distributed as dist
 
     code = 0
+    config = None
     try:
         config = load_config(TrainConfig, args.config, args.overrides)
         metrics = Trainer(config).fit()
         print(" ".join(f"{k}={v}" for k, v in metrics.items()))
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        code = 2
+    except KeyboardInterrupt:
+        last = os.path.join(config.exp_dir, "last.pt") if config else "last.pt"
+        hint = f"; {last} holds the last step: run the same command to resume" if os.path.exists(last) else ""
+        print(f"{_prog}: interrupted{hint}", file=sys.stderr)
+        code = 130
+    except AudioError as err:  # a training file the manifest check let through, e.g. deleted since
+        code = _fail(err, 1)
+    except (ValueError, OSError, CheckpointError) as err:
+        code = _fail(err)
     if dist.is_initialized():
         # Under torchrun, gloo can leave a joinable C++ thread behind even after
         # destroy_process_group; its destructor then calls std::terminate during interpreter
@@ -401,11 +447,12 @@ def _average(args: argparse.Namespace) -> int:
         (int(m.group(1)), p) for p in Path(args.exp_dir).glob("epoch-*.pt") if (m := re.fullmatch(r"epoch-(\d+)\.pt", p.name))
     )
     paths = [p for _, p in epochs[-args.last :]]
+    if not paths:
+        return _error(f"{args.exp_dir}: no epoch-K.pt checkpoints to average")
     try:
         write_checkpoint(args.out, average_checkpoints(paths))
     except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(err)
     print(f"averaged {', '.join(p.name for p in paths)} -> {args.out}")
     return 0
 
@@ -419,8 +466,7 @@ def _compact(args: argparse.Namespace) -> int:
 
     notes = dict(note.split("=", 1) for note in args.note if "=" in note)
     if len(notes) != len(args.note):
-        print("error: --note takes KEY=VALUE", file=sys.stderr)
-        return 2
+        return _error("--note takes KEY=VALUE")
     source = Path(__file__).resolve().parent  # the code that trained and packs the model
     git = subprocess.run(["git", "-C", str(source), "describe", "--always", "--dirty", "--abbrev=40"],
                          capture_output=True, text=True)
@@ -437,6 +483,8 @@ def _compact(args: argparse.Namespace) -> int:
 
 
 def _decode(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
     from asr.transcribe import decode_manifest
 
     try:
@@ -444,6 +492,7 @@ def _decode(args: argparse.Namespace) -> int:
         failures = decode_manifest(
             args.model, args.manifest, args.out, device=args.device, beam=beam,
             batch_size=args.batch_size, chunk_ms=args.chunk_ms, greedy=args.greedy,
+            on_error=lambda err: tqdm.write(f"{_prog}: error: {err}", file=sys.stderr),
         )
     except (RuntimeError, OSError, ImportError, ValueError) as err:
         return _fail(err)
@@ -469,13 +518,15 @@ def _score(args: argparse.Namespace) -> int:
         report = score(refs, hyps)
         groups = score_by_group(refs, hyps, read_transcripts(args.ref, field=args.by)) if args.by else None
     except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _fail(err)
     print(report.summary(top=args.top))
     if groups:
         print(group_summary(args.by, groups))
     if args.alignments:
-        write_alignments(report, args.alignments)
+        try:
+            write_alignments(report, args.alignments)
+        except OSError as err:
+            return _fail(err, 1)
     return 0
 
 
@@ -537,11 +588,9 @@ def _prepare_librispeech(args: argparse.Namespace) -> int:
     )
 
     if (args.mirror or args.with_lm or args.checksums) and not args.download:
-        print("error: --mirror, --checksums and --with-lm need --download", file=sys.stderr)
-        return 2
+        return _error("--mirror, --checksums and --with-lm need --download")
     if not (args.download or args.out):
-        print("error: nothing to do; give --download, --out or both", file=sys.stderr)
-        return 2
+        return _error("nothing to do; give --download, --out or both")
     subsets = args.subsets or list(SUBSETS)
     try:
         if args.download:
@@ -551,8 +600,7 @@ def _prepare_librispeech(args: argparse.Namespace) -> int:
         if args.out:
             prepare_librispeech(args.data_root, args.out, subsets)
     except (ChecksumError, DownloadError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return _fail(err, 1)
     return 0
 
 
@@ -562,8 +610,7 @@ def _prepare_fsdd(args: argparse.Namespace) -> int:
     try:
         prepare_fsdd(args.data_root, args.out, args.test_speakers)
     except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return _fail(err, 1)
     return 0
 
 
@@ -572,23 +619,19 @@ def _prepare_speechocean762(args: argparse.Namespace) -> int:
     from asr.data.speechocean762 import SHARED_COPY, download_speechocean762, prepare_speechocean762
 
     if (args.mirror or args.md5) and not args.download_dir:
-        print("error: --mirror and --md5 need --download-dir", file=sys.stderr)
-        return 2
+        return _error("--mirror and --md5 need --download-dir")
     if args.data_root and args.download_dir:
-        print("error: give --data-root (an existing copy) or --download-dir, not both", file=sys.stderr)
-        return 2
+        return _error("give --data-root (an existing copy) or --download-dir, not both")
     try:
         if args.download_dir:
             corpus = download_speechocean762(args.download_dir, args.mirror, checksum=args.md5)
         elif args.data_root or SHARED_COPY.is_dir():
             corpus = args.data_root or SHARED_COPY
         else:
-            print(f"error: no speechocean762 at {SHARED_COPY}; give --data-root or --download-dir", file=sys.stderr)
-            return 2
+            return _error(f"no speechocean762 at {SHARED_COPY}; give --data-root or --download-dir")
         prepare_speechocean762(corpus, args.out, dev_speakers=args.dev_speakers, max_utterances=args.max_utterances)
     except (ChecksumError, DownloadError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return _fail(err, 1)
     return 0
 
 
@@ -599,8 +642,7 @@ def _prepare_keywords(args: argparse.Namespace) -> int:
     try:
         prepare_keywords(root, args.out)
     except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return _fail(err, 1)
     return 0
 
 
@@ -609,9 +651,8 @@ def _prepare_librispeech_tree(args: argparse.Namespace) -> int:
 
     try:
         entries = librispeech_tree_to_entries(args.root)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    except (FileNotFoundError, ValueError) as err:
+        return _fail(err, 1)
     kept, report = validate_entries(entries)
     print(report.summary())
     write_manifest(args.out, kept)
@@ -642,7 +683,7 @@ def _stream(args: argparse.Namespace) -> int:
     import statistics
     import time
 
-    from asr.audio import AudioError, Microphone, MicrophoneError, audio_duration, iter_audio_blocks, list_input_devices
+    from asr.audio import AudioError, Microphone, MicrophoneError, check_audio, iter_audio_blocks, list_input_devices
     from asr.checkpoint import CheckpointError
     from asr.pretrained import resolve_model
     from asr.streaming import Recognizer
@@ -657,11 +698,12 @@ def _stream(args: argparse.Namespace) -> int:
                 print(f"{'*' if d.is_default else ' '} {d.index}: {d.name} ({d.channels} ch, {d.default_rate} Hz)")
             return 0
         if args.realtime and not args.file:
-            print("error: --realtime needs --file", file=sys.stderr)
-            return 2
+            return _error("--realtime needs --file")
         recognizer = Recognizer(resolve_model(args.model, "streaming"), beam=_beam_options(args), greedy=args.greedy)
         if args.file:
-            audio_duration(args.file)  # fails now, with a clear message, on a missing or bad file
+            # the whole file checked now, as every reader checks it: a bad one is refused before
+            # anything of it is recognised (a truncated MP3 shows only at its end)
+            check_audio(args.file)
             source = iter_audio_blocks(args.file, seconds=args.chunk_ms / 1000)
         else:
             device = int(args.device) if args.device and args.device.isdigit() else args.device
@@ -669,7 +711,9 @@ def _stream(args: argparse.Namespace) -> int:
             rate = f" at {mic.capture_rate} Hz, resampled to 16000 Hz" if mic.capture_rate != 16000 else ""
             print(f"listening on {mic.name!r}{rate}; Ctrl-C to stop", file=sys.stderr)
             source = iter(mic)
-    except (CheckpointError, MicrophoneError, AudioError, ImportError, ValueError, OSError) as err:
+    except AudioError as err:
+        return _fail(err, 1)
+    except (CheckpointError, MicrophoneError, ImportError, ValueError, OSError) as err:
         return _fail(err)
 
     tty = sys.stdout.isatty()
@@ -705,8 +749,7 @@ def _stream(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     except AudioError as err:
-        print(f"error: {err}", file=sys.stderr)
-        status = 1
+        status = _fail(err, 1)
     finally:
         if mic is not None:
             mic.close()
@@ -723,15 +766,30 @@ def _stream(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    global _prog
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    _prog = f"asr {args.verb}"
+    if unknown:  # argparse would say "asr: error:"; the verb's own parser names it
+        verbs = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+        verbs.choices[args.verb].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C: files written so far are whole (written atomically)
+        if "asr.audio" in sys.modules:  # Ctrl-C may land while a native library's chatter is muted
+            sys.modules["asr.audio"].restore_native_stderr()
+        if "tqdm" in sys.modules:  # end the progress bars' lines, so that the message has its own
+            for bar in list(getattr(sys.modules["tqdm"].tqdm, "_instances", ())):
+                bar.close()
+        print(f"{_prog}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # whoever read our output has gone (`asr score ... | head`): stop quietly, as Unix tools do;
         # stdout goes to devnull so that the interpreter's final flush does not fail again
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-
+    except OSError as err:  # one no verb handles: above all a full disk while writing
+        return _fail(err, 1)
 
 if __name__ == "__main__":
     sys.exit(main())

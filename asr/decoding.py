@@ -32,6 +32,7 @@ import torch
 
 from asr.audio import quiet_native_stderr
 from asr.checkpoint import Checkpoint, LanguageModel
+from asr.fileio import atomic_write
 from asr.ngram import UNK, arpa_vocabulary
 from asr.text import ALPHABET, BLANK, Tokenizer, normalize_text
 
@@ -138,22 +139,26 @@ class BeamSearchDecoder:
         for name in (options.lexicon, options.lm):
             if name is not None and not os.path.isfile(name):
                 raise FileNotFoundError(f"no such file: {name}")
-        if options.lexicon is not None:
-            # unk_score -inf: flashlight would otherwise emit <unk> for any prefix of a lexicon word
-            self._decoder = module.ctc_decoder(
-                lexicon=options.lexicon,
-                lm=options.lm,
-                lm_weight=options.lm_weight,
-                word_score=options.word_score,
-                unk_score=-math.inf,
-                **common,
-            )
-        elif options.lm is not None:
-            # the word LM applies the weights itself, so the decoder's lm_weight is 1
-            self._word_lm = _word_lm_class()(options, tokenizer)
-            self._decoder = module.ctc_decoder(lexicon=None, lm=self._word_lm, lm_weight=1.0, **common)
-        else:
-            self._decoder = module.ctc_decoder(lexicon=None, lm=None, **common)
+        # KenLM announces every ARPA file it loads on stderr ("Loading the LM will be faster if
+        # you build a binary file", a bar of stars): once per grid point in `asr tune-lm`. Its
+        # errors still raise.
+        with quiet_native_stderr():
+            if options.lexicon is not None:
+                # unk_score -inf: flashlight would otherwise emit <unk> for any prefix of a lexicon word
+                self._decoder = module.ctc_decoder(
+                    lexicon=options.lexicon,
+                    lm=options.lm,
+                    lm_weight=options.lm_weight,
+                    word_score=options.word_score,
+                    unk_score=-math.inf,
+                    **common,
+                )
+            elif options.lm is not None:
+                # the word LM applies the weights itself, so the decoder's lm_weight is 1
+                self._word_lm = _word_lm_class()(options, tokenizer)
+                self._decoder = module.ctc_decoder(lexicon=None, lm=self._word_lm, lm_weight=1.0, **common)
+            else:
+                self._decoder = module.ctc_decoder(lexicon=None, lm=None, **common)
 
     def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:
         """Best hypothesis per utterance. Shapes: log-probs ``(batch, frames, vocab)``, lengths ``(batch,)``."""
@@ -377,7 +382,7 @@ def write_lexicon(words: Iterable[str], path: str | os.PathLike, alphabet: str =
     (:func:`asr.ngram.arpa_vocabulary`) can be passed as it is. Returns the number of words written.
     """
     count = 0
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         for word in dict.fromkeys(words):
             if word.startswith("<") and word.endswith(">"):
                 continue

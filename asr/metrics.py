@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import jiwer
 
+from asr.fileio import atomic_write
 from asr.text import normalize_text
 
 
@@ -32,6 +33,9 @@ class ScoreReport:
     alignments: dict[str, str]  # utterance id -> REF/HYP alignment text
     missing: list[str] = field(default_factory=list)  # ids without a hypothesis, scored as empty
     extra: list[str] = field(default_factory=list)  # ids without a reference, not scored
+    # ids whose reference holds characters no model can output ("1990"): not scored, as
+    # training leaves such transcripts out (asr.data.manifest.validate_entries)
+    unspellable: list[str] = field(default_factory=list)
 
     def summary(self, top: int = 10) -> str:
         """The report as printed by ``asr score``."""
@@ -43,6 +47,9 @@ class ScoreReport:
             lines.append(f"{len(self.missing)} utterance(s) have no hypothesis and count as deleted: {_ids(self.missing)}")
         if self.extra:
             lines.append(f"{len(self.extra)} hypothesis id(s) have no reference and are not scored: {_ids(self.extra)}")
+        if self.unspellable:
+            lines.append(f"{len(self.unspellable)} reference(s) hold characters outside the alphabet (e.g. digits) "
+                         f"and are not scored, as training leaves them out: {_ids(self.unspellable)}")
         for title, counts in (
             ("substitutions (ref -> hyp)", Counter({f"{r} -> {h}": n for (r, h), n in self.confused.items()})),
             ("deletions", self.deleted),
@@ -66,7 +73,11 @@ def score(refs: dict[str, str], hyps: dict[str, str]) -> ScoreReport:
     """
     if not refs:
         raise ValueError("no references to score against")
-    ids = list(refs)
+    unspellable = [i for i in refs if normalize_text(refs[i])[1]]
+    ids = [i for i in refs if not normalize_text(refs[i])[1]]
+    if not ids:
+        raise ValueError(f"every reference holds characters outside the alphabet (e.g. {refs[unspellable[0]]!r}); "
+                         "spell numbers out as words")
     missing = [i for i in ids if i not in hyps]
     extra = [i for i in hyps if i not in refs]
     ref_texts = [normalize_text(refs[i])[0] for i in ids]
@@ -117,12 +128,13 @@ def score(refs: dict[str, str], hyps: dict[str, str]) -> ScoreReport:
         alignments=alignments,
         missing=missing,
         extra=extra,
+        unspellable=unspellable,
     )
 
 
 def write_alignments(report: ScoreReport, path: str | os.PathLike) -> None:
     """Write each utterance's alignment under its id, in reference order."""
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         for i, text in report.alignments.items():
             f.write(f"=== {i} ===\n{text}\n\n")
 
@@ -162,8 +174,11 @@ def read_transcripts(path: str | os.PathLike, field: str = "text") -> dict[str, 
     manifest instead of ``text`` (e.g. ``age_group``), as a string.
     """
     transcripts: dict[str, str] = {}
-    with open(path, encoding="utf-8") as f:
-        lines = [(number, line.rstrip("\r\n")) for number, line in enumerate(f, start=1) if line.strip()]
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = [(number, line.rstrip("\r\n")) for number, line in enumerate(f, start=1) if line.strip()]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})") from None
     is_json = bool(lines) and lines[0][1].lstrip().startswith("{")
     for number, line in lines:
         if is_json:

@@ -24,6 +24,8 @@ import warnings
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 
+from asr.fileio import atomic_write
+
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 
 Ngram = tuple[str, ...]
@@ -147,7 +149,7 @@ def _discounts(table: Counter[Ngram], n: int) -> tuple[float, float, float]:
 
 def write_arpa(model: Sequence[dict[Ngram, tuple[float, float | None]]], path: str | os.PathLike) -> None:
     """Write ``model`` (as returned by :func:`estimate_kneser_ney`) in ARPA format."""
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_write(path) as f:
         f.write("\n\\data\\\n")
         for n, table in enumerate(model, start=1):
             f.write(f"ngram {n}={len(table)}\n")

@@ -10,10 +10,13 @@ and resumed from ``last.pt`` therefore computes exactly the same weights as an u
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +40,7 @@ from asr.data.loader import (
 )
 from asr.data.manifest import read_manifest
 from asr.decoding import greedy_ctc_decode
+from asr.fileio import atomic_write, save_torch
 from asr.features import LogMelFrontend, accumulate_stats
 from asr.models import build_model
 from asr.text import Tokenizer
@@ -124,15 +128,35 @@ def compute_cmvn_stats(manifests: str | os.PathLike | list[str], n_mels: int = 8
 
 
 def save_cmvn_stats(stats: dict, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(stats, tmp)
-    os.replace(tmp, path)
+    save_torch(stats, path)
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
+
+
+@contextlib.contextmanager
+def _stop_between_steps(enabled: bool):
+    """Ctrl-C (SIGINT) during training takes effect between two steps, never inside an
+    optimizer update, so that the state saved for resume is one the trainer really passed
+    through. Yields a function that tells whether it was pressed. A second Ctrl-C stops at
+    once. Only in a single process on the main thread: under torchrun every rank would have
+    to agree on the step to stop at."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    pressed = []
+
+    def handler(signum, frame):
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(signum)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _cosine_schedule(warmup: int, total: int, final_ratio: float):
@@ -392,7 +416,14 @@ class Trainer:
         )
 
     def fit(self) -> dict:
-        """Train to ``config.epochs``; returns the last validation metrics."""
+        """Train to ``config.epochs``; returns the last validation metrics.
+
+        Ctrl-C (one process) stops after the current step, saves ``last.pt`` at that step
+        (resume continues with the next batch) and raises KeyboardInterrupt."""
+        with _stop_between_steps(self.world_size == 1) as interrupted:
+            return self._fit(interrupted)
+
+    def _fit(self, interrupted) -> dict:
         config = self.config
         log_path = self.exp_dir / "log.csv"
         metrics: dict = {}
@@ -439,6 +470,10 @@ class Trainer:
                     recent_loss, recent_count = zero, 0
                 if self.step % config.save_every_steps == 0:
                     self._save_last()
+                if interrupted():
+                    bar.close()
+                    self._save_last()
+                    raise KeyboardInterrupt
                 if self.step >= self.total_steps:
                     break
             bar.close()
@@ -473,10 +508,12 @@ class Trainer:
             if improved:
                 self.best_wer = metrics.get("valid_wer", -self.epoch)
             self._log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
-            new_file = not log_path.exists()
-            with open(log_path, "a", newline="") as f:
+            # the whole log rewritten atomically: a full disk never leaves half a row behind
+            before = log_path.read_text() if log_path.exists() else ""
+            with atomic_write(log_path, newline="") as f:
+                f.write(before)
                 writer = csv.DictWriter(f, fieldnames=list(metrics), lineterminator="\n")
-                if new_file:
+                if not before:
                     writer.writeheader()
                 writer.writerow(metrics)
             epoch_path = self.exp_dir / f"epoch-{self.epoch}.pt"

@@ -36,6 +36,7 @@ import torch
 from asr.audio import SAMPLE_RATE, AudioError, iter_audio_blocks, split_on_silence
 from asr.checkpoint import load_checkpoint
 from asr.decoding import BeamSearchOptions, Hypothesis, checkpoint_decoder, greedy_ctc_decode
+from asr.fileio import atomic_write
 from asr.features import HOP_LENGTH, LogMelFrontend, num_frames
 from asr.text import Tokenizer
 
@@ -56,6 +57,7 @@ class Transcript:
     text: str
     duration: float  # seconds of audio
     words: list[Word] = field(default_factory=list)
+    note: str = ""  # why the text is empty when the reason is known (e.g. digital silence)
 
 
 class Transcriber:
@@ -187,13 +189,20 @@ class Transcriber:
         def completed() -> Iterator[tuple[str, Transcript | AudioError]]:
             while files and files[0].read and (files[0].error is not None or not files[0].waiting):
                 item = files.popleft()
-                yield item.path, item.error if item.error is not None else _join(item.pieces)
+                if item.error is not None:
+                    yield item.path, item.error
+                    continue
+                result = _join(item.pieces)
+                if item.peak == 0.0:  # nothing to hear, whatever a model makes of it; and an empty text alone would not say why
+                    result = Transcript("", result.duration, note="digital silence (every sample is 0): nothing to transcribe")
+                yield item.path, result
 
         for path in paths:
             item = _InFlight(str(path))
             files.append(item)
             try:
                 for start, segment in self._segments(path):
+                    item.peak = max(item.peak, float(segment.abs().max()))
                     batch.append((item, start, segment))
                     item.waiting += 1
                     if len(batch) == batch_size:
@@ -220,6 +229,7 @@ class _InFlight:
     waiting: int = 0  # segments sent to a batch whose results have not come back
     read: bool = False
     error: AudioError | None = None
+    peak: float = 0.0  # largest absolute sample: 0 is digital silence
 
 
 def _join(pieces: list[tuple[float, Transcript]]) -> Transcript:
@@ -340,6 +350,7 @@ def decode_manifest(
     batch_size: int = 1,
     chunk_ms: int | None = None,
     greedy: bool = False,
+    on_error=None,
 ) -> int:
     """Decode every utterance of a manifest into ``id<TAB>text`` lines; returns failures.
 
@@ -348,24 +359,30 @@ def decode_manifest(
     With ``chunk_ms``, each utterance is streamed through a :class:`~asr.streaming.Recognizer`
     (a streaming model) in chunks of that many milliseconds, endpointing included, exactly
     as ``asr stream`` would recognise it (with the same choice of decoding).
+
+    A file that cannot be read is left out and reported to ``on_error(AudioError)`` (default:
+    a line on stderr); the others are decoded.
     """
     from tqdm import tqdm
 
     from asr.data.manifest import read_manifest
 
-    entries = read_manifest(manifest)
+    entries = read_manifest(manifest, required=("id", "audio"))  # nothing else is used here
     if chunk_ms is None:
         transcriber = Transcriber(checkpoint, device=device, beam=beam, greedy=greedy)
         results = transcriber.transcribe_files([entry["audio"] for entry in entries], batch_size=batch_size)
     else:
         results = _stream_files(checkpoint, [entry["audio"] for entry in entries], device, chunk_ms, beam, greedy)
     failures = 0
-    with open(out, "w") as f:
+    with atomic_write(out) as f:
         for entry, (_, result) in tqdm(
             zip(entries, results), total=len(entries), desc="decode", unit="utt", mininterval=2.0
         ):
             if isinstance(result, AudioError):
-                tqdm.write(f"error: {result}", file=sys.stderr)
+                if on_error is None:
+                    tqdm.write(f"error: {result}", file=sys.stderr)
+                else:
+                    on_error(result)
                 failures += 1
                 continue
             f.write(f"{entry['id']}\t{result.text}\n")

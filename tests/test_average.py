@@ -85,5 +85,5 @@ def test_checkpoints_of_different_models_are_refused(tmp_path, capsys, other):
     assert main(["average", "--exp-dir", str(tmp_path), "--last", "3", "--out", str(tmp_path / "final.pt")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1
-    assert err == f"error: {tmp_path / 'epoch-2.pt'}: a different model from {tmp_path / 'epoch-3.pt'}; cannot average\n"
+    assert err == f"asr average: error: {tmp_path / 'epoch-2.pt'}: a different model from {tmp_path / 'epoch-3.pt'}; cannot average\n"
     assert not (tmp_path / "final.pt").exists()

@@ -53,7 +53,7 @@ def test_missing_model_is_one_line_error(tmp_path):
     audio.write_bytes(b"")
     result = run_asr("transcribe", "--model", str(tmp_path / "none.pt"), str(audio))
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: {tmp_path / 'none.pt'}: no such checkpoint file"
+    assert result.stderr.strip() == f"asr transcribe: error: {tmp_path / 'none.pt'}: no such checkpoint file"
 
 
 @pytest.mark.slow

@@ -158,7 +158,7 @@ def test_cli_rejects_a_mirror_file_that_fails_the_published_checksum(server, tmp
             "--subsets", "dev-clean", "--out", str(tmp_path / "manifests")]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: dev-clean.tar.gz: md5 checksum mismatch (expected 42e2234b")
+    assert err.startswith("asr prepare: error: dev-clean.tar.gz: md5 checksum mismatch (expected 42e2234b")
     assert not (tmp_path / "manifests").exists()
 
 
@@ -207,5 +207,5 @@ def test_cli_checksums_file_replaces_the_builtin_sums_of_the_files_it_names(serv
     sums.write_text(f"{'0' * 32}  dev-clean.tar.gz\n")
     assert main([*download[:3], str(tmp_path / "other"), *download[4:]]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith(f"error: dev-clean.tar.gz: md5 checksum mismatch (expected {'0' * 32}")
+    assert err[-1].startswith(f"asr prepare: error: dev-clean.tar.gz: md5 checksum mismatch (expected {'0' * 32}")
     assert main(prepare[:-2] + ["--checksums", str(sums)]) == 2  # --checksums needs --download

@@ -38,6 +38,40 @@ def score_of(path):
     return float(re.search(r"^WER (\S+)", text, re.M).group(1)), float(re.search(r"^CER (\S+)", text, re.M).group(1))
 
 
+# Accuracy floors of the quick recipes: the measured value plus a margin for the run-to-run
+# spread (two processes under DDP, bf16), so that a regression of the frontend, the loss or the
+# decoder fails CI. Measured runs and the demonstration that a broken model fails them:
+# docs/reliability.md. Keys: decode_NAME's score.txt (its WER or CER), or the last epoch's
+# column of log.csv. The synthetic and speechocean762 quick models do not leave CTC's all-blank
+# plateau at CI size (test CER 1.0000 measured), so they have no floor yet (issue #3).
+# Two runs on the same machine gave the same numbers to the fourth decimal (seeded, gloo):
+# the margins are for other CPUs' arithmetic (bf16 kernels). The test CER of unseen speakers
+# does not see CMVN switched off (0.7525, better); the dev loss and CER do.
+FSDD_QUICK_FLOORS = {
+    ("decode_test", "CER"): 0.85,  # greedy, unseen speakers: measured 0.7843
+    ("decode_test_beam_lexicon", "WER"): 0.80,  # ten-word lexicon: measured 0.7400
+    ("log.csv", "valid_loss"): 5.3,  # last epoch, dev (seen speakers): measured 4.9158
+    ("log.csv", "valid_cer"): 0.58,  # last epoch, dev: measured 0.5400
+}
+
+
+def floor_failures(exp: Path, floors: dict) -> list[str]:
+    """The floors ``exp`` misses, one line each (empty: all met)."""
+    import csv
+
+    failures = []
+    for (where, metric), ceiling in floors.items():
+        if where == "log.csv":
+            with open(exp / "log.csv") as f:
+                value = float(list(csv.DictReader(f))[-1][metric])
+        else:
+            wer, cer = score_of(exp / where / "score.txt")
+            value = {"WER": wer, "CER": cer}[metric]
+        if not value <= ceiling:
+            failures.append(f"{where} {metric} {value:.4f} above its floor {ceiling}")
+    return failures
+
+
 def update_results(path, region, text):
     script = f'source "{REPO}/recipes/shared/stages.sh" && update_results "$RESULTS" "$REGION"'
     env = {**os.environ, "RESULTS": str(path), "REGION": region}
@@ -110,7 +144,7 @@ def test_fsdd_recipe_quick_learns(tmp_path):
     losses = train_losses(tmp_path / "exp")
     print(f"fsdd --quick: unseen-speaker WER {wer}, CER {cer}, train losses {losses}")
     assert losses[-1] < 0.75 * losses[0]
-    assert cer < 0.95, "some characters of unseen speakers' digits come out right"
+    assert not floor_failures(tmp_path / "exp", FSDD_QUICK_FLOORS)
     assert result.stdout.strip().splitlines()[-1].startswith("WER test ")
     # the lexicon beam search says nothing but the training transcripts' words: the ten digits
     hypotheses = (tmp_path / "exp" / "decode_test_beam_lexicon" / "hyp.txt").read_text().splitlines()

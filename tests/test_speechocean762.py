@@ -114,7 +114,7 @@ def test_dev_speakers_and_a_spread_subset(tmp_path):
 def test_missing_corpus_is_a_one_line_error(tmp_path, capsys):
     assert main(["prepare", "speechocean762", "--data-root", str(tmp_path), "--out", str(tmp_path / "data")]) == 1
     assert capsys.readouterr().err.strip() == (
-        f"error: {tmp_path / 'train'}: no wav.scp or text; is {tmp_path} a speechocean762 folder?"
+        f"asr prepare: error: {tmp_path / 'train'}: no wav.scp or text; is {tmp_path} a speechocean762 folder?"
     )
 
 
@@ -157,7 +157,7 @@ def test_corrupt_download_is_rejected(server, tmp_path, capsys):
             "--md5", MD5, "--out", str(tmp_path / "data")]
     assert main(argv) == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar
-    assert error.startswith("error: speechocean762.tar.gz: md5 checksum mismatch")
+    assert error.startswith("asr prepare: error: speechocean762.tar.gz: md5 checksum mismatch")
     assert not (tmp_path / "data").exists()
 
 

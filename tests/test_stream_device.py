@@ -128,7 +128,7 @@ def test_unknown_device_is_named(fake_mics, tiny_streaming_checkpoint):
     home, _, _ = fake_mics
     result = run_stream(home, "--model", str(tiny_streaming_checkpoint.path), "--device", "no-such-mic")
     assert result.returncode == 2
-    assert "error: no input device 'no-such-mic'" in result.stderr and "fakemic" in result.stderr
+    assert "asr stream: error: no input device 'no-such-mic'" in result.stderr and "fakemic" in result.stderr
 
 
 @requires_alsa
@@ -137,13 +137,13 @@ def test_no_input_device_message(tmp_path):
     listing = run_stream(tmp_path, "--list-devices")
     if listing.returncode == 0:
         pytest.skip("this machine has an input device")
-    assert listing.stderr.strip() == "error: no audio input device found"
+    assert listing.stderr.strip() == "asr stream: error: no audio input device found"
     model = tmp_path / "untrained.pt"
     save_checkpoint(model, build_model("streaming_gru", {"hidden_size": 8, "num_layers": 1}, verbose=False),
                     "streaming_gru", Tokenizer())
     result = run_stream(tmp_path, "--model", str(model))
     assert result.returncode == 2
-    assert result.stderr.startswith("error: no audio input device found; connect a microphone"), result.stderr
+    assert result.stderr.startswith("asr stream: error: no audio input device found; connect a microphone"), result.stderr
     assert "Error querying device" not in result.stderr
 
 
@@ -155,7 +155,7 @@ def test_missing_portaudio_message(tmp_path):
         [sys.executable, "-m", "asr", "stream", "--list-devices"], env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 2
-    assert result.stderr.strip() == "error: PortAudio library not found: apt-get install libportaudio2"
+    assert result.stderr.strip() == "asr stream: error: PortAudio library not found: apt-get install libportaudio2"
 
 
 @pytest.mark.parametrize("rate", [44100, 48000, 8000])

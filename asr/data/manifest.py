@@ -30,7 +30,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from asr.audio import SAMPLE_RATE, AudioError, audio_duration, change_speed, load_audio
+from asr.audio import SAMPLE_RATE, AudioError, audio_duration, change_speed, check_audio, load_audio
 from asr.text import Tokenizer, normalize_text
 
 REQUIRED_KEYS = ("id", "audio", "duration", "text", "speaker")
@@ -54,23 +54,36 @@ class ManifestError(ValueError):
     """A manifest file that cannot be parsed; the message names the file and line."""
 
 
-def read_manifest(path: str | os.PathLike) -> list[dict]:
-    """Read a JSONL manifest (blank lines are skipped); every entry must have the required keys."""
+def read_manifest(path: str | os.PathLike, required: tuple[str, ...] = REQUIRED_KEYS) -> list[dict]:
+    """Read a JSONL manifest (blank lines are skipped); every entry must have the ``required``
+    keys (``asr transcribe --manifest`` needs only ``id`` and ``audio``).
+
+    A relative ``audio`` path is taken from the manifest's folder when the file is there (a
+    manifest can move with its audio), else left as written (relative to the working directory).
+    """
     entries = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ManifestError(f"{path}:{number}: not valid JSON ({err.msg})") from None
-            if not isinstance(entry, dict):
-                raise ManifestError(f"{path}:{number}: expected a JSON object, got {type(entry).__name__}")
-            missing = [key for key in REQUIRED_KEYS if key not in entry]
-            if missing:
-                raise ManifestError(f"{path}:{number}: missing key(s) {', '.join(missing)}")
-            entries.append(entry)
+    folder = Path(path).parent
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = list(f)
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})") from None
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ManifestError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+        if not isinstance(entry, dict):
+            raise ManifestError(f"{path}:{number}: expected a JSON object, got {type(entry).__name__}")
+        missing = [key for key in required if key not in entry]
+        if missing:
+            raise ManifestError(f"{path}:{number}: missing key(s) {', '.join(missing)}")
+        audio = entry.get("audio")
+        if isinstance(audio, str) and audio and not os.path.isabs(audio) and (folder / audio).exists():
+            entry["audio"] = str(folder / audio)
+        entries.append(entry)
     return entries
 
 
@@ -135,18 +148,16 @@ class ValidationReport:
 def _check_audio(path: str) -> tuple[str | None, str, float | None]:
     """Return ``(reason or None, detail, duration)`` for one audio file.
 
-    The header alone misses a truncated FLAC (libsndfile reports "lost sync" only while
-    decoding), so the whole file is decoded; that runs at thousands of times real time.
+    The header alone misses a truncated FLAC or MP3 (libsndfile finds out only while
+    decoding), so the whole file is decoded, with the checks every reader makes
+    (:func:`asr.audio.check_audio`); that runs at thousands of times real time.
     """
     if not os.path.exists(path):
         return MISSING_AUDIO, f"{path}: no such file", None
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         return EMPTY_AUDIO, f"{path}: empty file (0 bytes)", None
     try:
-        duration = audio_duration(path)
-        if duration == 0:
-            return EMPTY_AUDIO, f"{path}: no audio samples", None
-        load_audio(path)
+        duration = check_audio(path)
     except AudioError as err:
         return UNREADABLE_AUDIO, str(err), None
     return None, "", duration
@@ -241,12 +252,15 @@ def librispeech_tree_to_entries(root: str | os.PathLike) -> list[dict]:
         raise FileNotFoundError(f"{root}: no such directory")
     entries: dict[str, dict] = {}
     for trans in sorted(root.rglob("*.trans.txt")):
-        with open(trans, encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                utt_id, _, text = line.strip().partition(" ")
-                entries[utt_id] = _entry(utt_id, trans.parent / f"{utt_id}.flac", normalize_text(text)[0])
+        try:
+            lines = trans.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            raise ManifestError(f"{trans}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})") from None
+        for line in lines:
+            if not line.strip():
+                continue
+            utt_id, _, text = line.strip().partition(" ")
+            entries[utt_id] = _entry(utt_id, trans.parent / f"{utt_id}.flac", normalize_text(text)[0])
     for flac in sorted(root.rglob("*.flac")):
         if flac.stem not in entries:
             entries[flac.stem] = _entry(flac.stem, flac, None)
