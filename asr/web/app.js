@@ -38,7 +38,7 @@ const latencyText = document.getElementById("latency");
 const finals = document.getElementById("finals");
 const partial = document.getElementById("partial");
 
-let session = null; // {socket, context, media}
+let session = null; // {media, context, node, socket, ended} while listening
 const latencies = [];
 
 function setStatus(text) {
