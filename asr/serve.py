@@ -388,7 +388,8 @@ async def start(config: ServeConfig) -> tuple[web.AppRunner, Server, int]:
     # one thread per op: the model's ops are small, and the pool's workers already use the cores
     torch.set_num_threads(1)
     server = Server(config)
-    runner = web.AppRunner(server.app(), access_log=None)
+    # at shutdown, open streams get 1001 at once (Server.shutdown); then wait a little for requests
+    runner = web.AppRunner(server.app(), access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

@@ -11,6 +11,7 @@ import asyncio
 import json
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -348,3 +349,116 @@ def test_serve_without_a_model_fails_in_one_line(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "missing.pt" in result.stderr, result.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# A real browser: headless Chromium, its fake microphone fed from a WAV file, driven through the
+# DevTools protocol (a WebSocket, spoken here with aiohttp: no driver or browser download)
+
+CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser", "google-chrome") if shutil.which(name)), None)
+
+
+class DevTools:
+    """One page of a Chromium started with ``--remote-debugging-port``."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+        self.calls = 0
+
+    async def call(self, method: str, **params) -> dict:
+        self.calls += 1
+        await self.ws.send_json({"id": self.calls, "method": method, "params": params})
+        while True:  # events (no id) are skipped
+            message = await self.ws.receive_json()
+            if message.get("id") == self.calls:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message["result"]
+
+    async def evaluate(self, expression: str):
+        # userGesture: the click counts as the user's, as the page's AudioContext needs
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, userGesture=True)
+        return result["result"].get("value")
+
+
+async def chromium_page(url: str, wav, profile) -> tuple[asyncio.subprocess.Process, DevTools, object]:
+    """Chromium showing ``url`` with ``wav`` as its microphone (played once, then silence)."""
+    process = await asyncio.create_subprocess_exec(
+        CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}%noloop", "--autoplay-policy=no-user-gesture-required",
+        "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", "--window-size=900,600", url,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    while not (line := (await process.stderr.readline()).decode()).startswith("DevTools listening on"):
+        if not line:
+            raise RuntimeError("chromium exited before listening for DevTools")
+    port = re.search(r"ws://127.0.0.1:(\d+)/", line).group(1)
+    asyncio.get_running_loop().create_task(drain(process.stderr))
+    session = aiohttp.ClientSession()
+    async with session.get(f"http://127.0.0.1:{port}/json/list") as response:
+        page = next(t for t in await response.json() if t["type"] == "page")
+    ws = await session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0)
+    return process, DevTools(ws), session
+
+
+async def drain(stream) -> None:
+    while await stream.readline():
+        pass
+
+
+def test_browser_page_transcribes_its_microphone(server, tiny_streaming_checkpoint, tmp_path):
+    """Headless Chromium opens the page, its fake microphone plays a memorised sentence once: the
+    page shows partials, then the final, and a latency; Stop ends the stream normally (1000).
+    With ASR_SERVE_SCREENSHOT=FILE.png, a screenshot of the page mid-utterance is saved there."""
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    import base64
+    import os
+
+    wav = tmp_path / "mic.wav"
+    audio = torch.cat([torch.zeros(8000), tiny_streaming_checkpoint.audio[1], torch.zeros(24000)])
+    sf.write(wav, audio.numpy(), 16000, subtype="PCM_16")
+    screenshot = os.environ.get("ASR_SERVE_SCREENSHOT")
+    page_state = ("[...document.querySelectorAll('#finals p')].map(p => p.textContent).join('|') + '\\n' + "
+                  "document.getElementById('partial').textContent + '\\n' + "
+                  "document.getElementById('status').textContent + '\\n' + document.getElementById('latency').textContent")
+
+    async def run() -> tuple[list[str], list[str], str, str]:
+        process, page, session = await chromium_page(f"{server}/", wav, tmp_path / "profile")
+        partials = []
+        try:
+            while await page.evaluate("document.readyState") != "complete":
+                await asyncio.sleep(0.1)
+            await page.evaluate("document.getElementById('mic').click()")
+            while True:  # until the first final: the sentence, then silence (the endpoint)
+                finals, partial, status, latency = (await page.evaluate(page_state)).split("\n")
+                assert not status.startswith(("closed", "no microphone")), status
+                if partial and partial not in partials:
+                    partials.append(partial)
+                    if screenshot and len(partials) == 3:
+                        shot = await page.call("Page.captureScreenshot", format="png")
+                        with open(screenshot, "wb") as f:
+                            f.write(base64.b64decode(shot["data"]))
+                if finals:
+                    break
+                await asyncio.sleep(0.05)
+            await page.evaluate("document.getElementById('mic').click()")  # Stop
+            while (status := (await page.evaluate(page_state)).split("\n")[2]) not in ("stopped",) and not status.startswith("closed"):
+                await asyncio.sleep(0.05)
+            finals = (await page.evaluate(page_state)).split("\n")[0].split("|")
+            return finals, partials, status, latency
+        finally:
+            await session.close()
+            process.kill()
+            await process.wait()
+
+    finals, partials, status, latency = bounded(run(), 150)
+    print(finals, partials, status, latency)
+    sentence = tiny_streaming_checkpoint.sentences[1].upper()
+    assert status == "stopped"  # closed with 1000 after the end message
+    assert len(finals) == 1 and jiwer.cer(sentence, finals[0]) < 0.1, finals
+    assert partials and all(sentence.startswith(p[:-1]) for p in partials), partials
+    assert re.fullmatch(r"latency \d+ ms \(median \d+ ms\)", latency)
+    assert bounded(health(server), 30)["streams"] == 0

@@ -9,6 +9,7 @@ SYSTEM_PACKAGES=(
   fortunes fortunes-min fortune-mod     # offline English sentences for the synthetic corpus
   wamerican                             # English word list: the synthetic recipe's decoding lexicon
   libportaudio2                         # microphone input (sounddevice)
+  chromium                              # asr serve's page, tested in a real (headless) browser
 )
 
 missing=()
@@ -30,7 +31,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import asr, torch, torchaudio, soundfile, jiwer, pytest" 2>/dev/null; then
+if ! .venv/bin/python -c "import asr, torch, torchaudio, soundfile, jiwer, pytest, aiohttp" 2>/dev/null; then
   echo "== installing asr and its dependencies into .venv (torch is about 1.7 GB)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[dev]'
