@@ -228,6 +228,9 @@ class Server:
         if config.offline_model is not None:
             self.transcriber = Transcriber(config.offline_model, beam=config.beam, greedy=config.greedy)
         self.offline_lock = threading.Lock()  # one offline transcription at a time (its decoder is stateful)
+        # one new session at a time: loading a word LM silences file descriptor 2 for a moment
+        # (asr.audio.quiet_native_stderr), which two threads at once could leave silenced
+        self.session_lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="asr-serve")
         self.sockets: set[web.WebSocketResponse] = set()
 
@@ -287,7 +290,7 @@ class Server:
             return None, ""
         hello = parse_hello(msg.data)
         # a session with a word LM loads its own copy of it: not on the event loop
-        stream = _Stream(await loop.run_in_executor(self.pool, self.recognizer.new_session), hello)
+        stream = _Stream(await loop.run_in_executor(self.pool, self._new_session), hello)
         await ws.send_json({"type": "ready", "sample_rate": SAMPLE_RATE, "max_frame_bytes": self.config.max_frame_bytes})
         inbox = _Inbox(int(self.config.max_backlog * SAMPLE_RATE))
         recognition = asyncio.create_task(self._recognize(ws, stream, inbox))
@@ -313,6 +316,10 @@ class Server:
             for task in (recognition, receiving):
                 task.cancel()
             await asyncio.gather(recognition, receiving, return_exceptions=True)
+
+    def _new_session(self) -> Recognizer:
+        with self.session_lock:
+            return self.recognizer.new_session()
 
     async def _read_audio(self, ws: web.WebSocketResponse, hello: Hello, inbox: _Inbox) -> bool:
         """Audio frames into ``inbox`` until the end message (True) or the client has gone (False)."""
