@@ -758,9 +758,10 @@ def _serve(args: argparse.Namespace) -> int:
                 raise
             print(f"warning: {err}; POST /transcribe is off", file=sys.stderr)
             offline = None
-        config = ServeConfig(str(model), str(offline) if offline else None, args.host, args.port, args.max_streams,
-                             args.max_frame_bytes, args.idle_timeout, workers=args.workers,
-                             beam=_beam_options(args), greedy=args.greedy)
+        config = ServeConfig(model=str(model), offline_model=str(offline) if offline else None, host=args.host,
+                             port=args.port, max_streams=args.max_streams, max_frame_bytes=args.max_frame_bytes,
+                             idle_timeout=args.idle_timeout, workers=args.workers, beam=_beam_options(args),
+                             greedy=args.greedy)
         serve(config)
     except (CheckpointError, ImportError, ValueError, OSError) as err:
         return _fail(err)
