@@ -379,6 +379,8 @@ class DevTools:
     async def evaluate(self, expression: str):
         # userGesture: the click counts as the user's, as the page's AudioContext needs
         result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True, userGesture=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")
 
 
@@ -430,7 +432,8 @@ def test_browser_page_transcribes_its_microphone(server, tiny_streaming_checkpoi
         process, page, session = await chromium_page(f"{server}/", wav, tmp_path / "profile")
         partials = []
         try:
-            while await page.evaluate("document.readyState") != "complete":
+            # the tab shows about:blank first, which is "complete" too: wait for the page itself
+            while not await page.evaluate("document.readyState == 'complete' && !!document.getElementById('mic')"):
                 await asyncio.sleep(0.1)
             await page.evaluate("document.getElementById('mic').click()")
             while True:  # until the first final: the sentence, then silence (the endpoint)
