@@ -193,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score(verbs)
     _add_language_model(verbs)
     _add_stream(verbs)
+    _add_serve(verbs)
     return parser
 
 
@@ -763,6 +764,51 @@ def _stream(args: argparse.Namespace) -> int:
         summary += f"; partial latency p50 {statistics.median(latencies) * 1000:.0f} ms, p95 {cuts[-1] * 1000:.0f} ms"
     print(summary, file=sys.stderr)
     return status
+
+
+def _add_serve(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("serve", help="streaming recognition over WebSocket, files over HTTP, and a page at / "
+                         "that listens in the browser (protocol: docs/serve.md)")
+    p.add_argument("--model", help="streaming checkpoint (default: the embedded streaming model)")
+    p.add_argument("--offline-model", metavar="CKPT",
+                   help="offline checkpoint for POST /transcribe (default: the embedded offline model; "
+                   "without one, that route answers 503)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free one, printed)")
+    p.add_argument("--max-streams", type=_positive_int, default=32, metavar="N",
+                   help="streams open at once; more are refused with close code 1013 (default: 32)")
+    p.add_argument("--max-frame-bytes", type=_positive_int, default=1 << 20, metavar="B",
+                   help="largest WebSocket message; a larger one closes its stream with 1009 (default: 1 MiB)")
+    p.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
+                   help="seconds without a message before a stream is finalised and closed with 1008 (default: 30)")
+    p.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1, metavar="N",
+                   help="recognition threads (default: the number of cores)")
+    _add_beam_options(p)
+    p.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from asr.checkpoint import CheckpointError
+    from asr.pretrained import resolve_model
+    from asr.serve import ServeConfig, serve
+
+    try:
+        model = resolve_model(args.model, "streaming")
+        try:
+            offline = resolve_model(args.offline_model, "offline")
+        except FileNotFoundError as err:
+            if args.offline_model:
+                raise
+            print(f"warning: {err}; POST /transcribe is off", file=sys.stderr)
+            offline = None
+        config = ServeConfig(model=str(model), offline_model=str(offline) if offline else None, host=args.host,
+                             port=args.port, max_streams=args.max_streams, max_frame_bytes=args.max_frame_bytes,
+                             idle_timeout=args.idle_timeout, workers=args.workers, beam=_beam_options(args),
+                             greedy=args.greedy)
+        serve(config)
+    except (CheckpointError, ImportError, ValueError, OSError) as err:
+        return _fail(err)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

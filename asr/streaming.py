@@ -19,11 +19,12 @@ the new utterance needs are replayed into the fresh model and no sample is lost 
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -33,6 +34,7 @@ from asr.checkpoint import CheckpointError, load_checkpoint
 from asr.decoding import BeamSearchDecoder, BeamSearchOptions, Hypothesis, checkpoint_decoder
 from asr.features import HOP_LENGTH, WIN_LENGTH, StreamingLogMel
 from asr.text import Tokenizer
+from asr.transcribe import _word_spans
 
 
 @dataclass
@@ -59,6 +61,10 @@ class Event:
     start: float  # stream seconds where the utterance's audio starts
     end: float  # stream seconds where the audio of the text's last character ends
     latency: float  # wall seconds from the arrival of the chunk holding `end` to this event
+    # (word, start, end) in stream seconds: the audio up to the output frames that emitted the
+    # word's first and last characters, read as `end` is (CTC emits a character once it has
+    # heard it, so `start` is late by up to a character)
+    words: list[tuple[str, float, float]] = field(default_factory=list)
 
 
 class Recognizer:
@@ -99,14 +105,16 @@ class Recognizer:
             dither = ckpt.training_config.get("dither", 0.0)
             if not hasattr(model, "step"):
                 raise CheckpointError(f"{path}: a {ckpt.model_name} model cannot stream; train one with model=streaming_gru")
-            self.beam_decoder = None if greedy else checkpoint_decoder(ckpt, beam)
+            self._new_decoder = (lambda: None) if greedy else (lambda: checkpoint_decoder(ckpt, beam))
+            self.beam_decoder = self._new_decoder()
         else:
             dither = 0.0
             if not hasattr(model, "step"):
                 raise ValueError(f"{type(model).__name__} cannot stream: it has no step()")
             if tokenizer is None:
                 raise ValueError("a model given without its checkpoint needs its tokenizer")
-            self.beam_decoder: BeamSearchDecoder | None = None if beam is None else BeamSearchDecoder(tokenizer, beam)
+            self._new_decoder = (lambda: None) if beam is None else (lambda: BeamSearchDecoder(tokenizer, beam))
+            self.beam_decoder: BeamSearchDecoder | None = self._new_decoder()
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.endpoint = endpoint or EndpointConfig()
@@ -117,6 +125,16 @@ class Recognizer:
         self._replay_frames = round(self.endpoint.silence_replay / self.frame_seconds)
         self.frontend = StreamingLogMel(model.config.n_mels, dither).to(self.device)
         self.reset()
+
+    def new_session(self) -> Recognizer:
+        """Another session on this one's model and decoding, starting afresh: the weights are
+        shared (only read, so sessions may run in different threads), the frontend's samples
+        and the search (with its own copy of the LM) are its own. For a server's streams."""
+        session = copy.copy(self)
+        session.frontend = StreamingLogMel(self.frontend.n_mels, self.frontend.frontend.dither).to(self.device)
+        session.beam_decoder = self._new_decoder()
+        session.reset()
+        return session
 
     def reset(self) -> None:
         """Forget everything: the next chunk starts a new stream at time 0."""
@@ -137,8 +155,10 @@ class Recognizer:
         self._last_id = self.tokenizer.blank_id
         self._greedy = ""  # greedy hypothesis, extended character by character
         self._greedy_frame = 0  # output frame of its last character
-        self._greedy_words: list[list] = []  # its words: [output frame of the first character, text]
+        # its words: [output frame of the first character, text, output frame of the last]
+        self._greedy_words: list[list] = []
         self._text = ""  # the hypothesis shown: the beam search's best, else the greedy one
+        self._words: list[tuple[str, int, int]] = []  # its words: (text, first frame, last frame)
         self._last_char_frame = 0  # output frame of the shown hypothesis's last character
         self._blank_run = 0
         self._partial = ""
@@ -208,9 +228,10 @@ class Recognizer:
                 if token != self._last_id:
                     char = self.tokenizer.tokens[token]
                     if char != " " and self._greedy[-1:] in ("", " "):
-                        self._greedy_words.append([frame, char])
+                        self._greedy_words.append([frame, char, frame])
                     elif char != " ":
                         self._greedy_words[-1][1] += char
+                        self._greedy_words[-1][2] = frame
                     self._greedy += char
                     self._greedy_frame = frame
             self._last_id = token
@@ -225,6 +246,7 @@ class Recognizer:
                 self._show(self.beam_decoder.best(), greedy_tail=True)
         else:
             self._text, self._last_char_frame = self._greedy, self._greedy_frame
+            self._words = [(text, first, last) for first, text, last in self._greedy_words]
         if cut is not None and self._greedy:
             events.append(self._final())
         return cut
@@ -238,13 +260,22 @@ class Recognizer:
         """Show the search's ``hypothesis``; with ``greedy_tail``, followed by the greedy path's
         words that began after the hypothesis's last character."""
         last = hypothesis.frames[-1] if hypothesis.frames else -1
-        tail = [word for frame, word in self._greedy_words if frame > last] if greedy_tail else []
-        self._text = " ".join([hypothesis.text, *tail]).strip()
+        tail = [word for word in self._greedy_words if word[0] > last] if greedy_tail else []
+        self._text = " ".join([hypothesis.text, *(text for _, text, _ in tail)]).strip()
         self._last_char_frame = self._greedy_frame if tail else max(last, 0)
+        words = hypothesis.text.split()
+        space = self.tokenizer.tokens.index(" ")
+        chars = [(token, frame) for token, frame in zip(hypothesis.tokens, hypothesis.frames) if token != space]
+        spans = _word_spans(words, chars, self.tokenizer) if chars else []
+        self._words = [(word, span[0][1], span[-1][1]) for word, span in zip(words, spans)]
+        self._words += [(text, first, last) for first, text, last in tail]
 
     def _event(self, kind: str) -> Event:
         # the last character's own audio (before look-ahead) ends with the window of the
         # newest feature frame its output frame saw
+        def seconds(frame: int) -> float:
+            return ((self._first_frame + self.stride * frame) * HOP_LENGTH + WIN_LENGTH) / SAMPLE_RATE
+
         end = (self._first_frame + self.stride * self._last_char_frame) * HOP_LENGTH + WIN_LENGTH
         arrival = next((t for chunk_end, t in self._chunks if chunk_end >= end), self._chunks[-1][1])
         return Event(
@@ -254,6 +285,7 @@ class Recognizer:
             start=self._first_frame * HOP_LENGTH / SAMPLE_RATE,
             end=end / SAMPLE_RATE,
             latency=self.clock() - arrival,
+            words=[(text, seconds(first), seconds(last)) for text, first, last in self._words],
         )
 
 

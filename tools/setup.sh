@@ -17,6 +17,7 @@ else
     fortunes fortunes-min fortune-mod     # offline English sentences for the synthetic corpus
     wamerican                             # English word list: the synthetic recipe's decoding lexicon
     libportaudio2                         # microphone input (sounddevice)
+    chromium                              # asr serve's page, tested in a real (headless) browser
   )
   extras=dev
 fi
