@@ -30,7 +30,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv with $($PYTHON --version)"
   "$PYTHON" -m venv .venv
 fi
-if ! .venv/bin/python -c "import asr, torch, torchaudio, soundfile, jiwer, pytest" 2>/dev/null; then
+if ! .venv/bin/python -c "import asr, torch, torchaudio, soundfile, jiwer, pytest, onnxruntime, onnx" 2>/dev/null; then
   echo "== installing asr and its dependencies into .venv (torch is about 1.7 GB)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e '.[dev]'
