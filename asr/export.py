@@ -22,8 +22,10 @@ int8 GRU); the input projection of all a chunk's frames is one product.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,6 +199,15 @@ def export_checkpoint(checkpoint: str | os.PathLike | Checkpoint, out_dir: str |
 
 def _write_graph(module: nn.Module, example: tuple, path: Path, fmt: str, inputs: list[str], outputs: list[str],
                  dynamic_axes: dict | None) -> None:
+    # the tracer warns of every Python-level shape test it freezes; the tests check the
+    # graphs on other shapes than the example's, which is what those warnings are about
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _trace(module, example, path, fmt, inputs, outputs, dynamic_axes)
+
+
+def _trace(module: nn.Module, example: tuple, path: Path, fmt: str, inputs: list[str], outputs: list[str],
+           dynamic_axes: dict | None) -> None:
     if fmt == "torchscript":
         torch.jit.save(torch.jit.trace(module, example, check_trace=False), str(path))
         return
@@ -212,10 +223,14 @@ def _quantize_int8(path: Path) -> None:
 
     tmp = path.with_suffix(".fp32.onnx")
     shutil.move(path, tmp)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic advises shape-inference pre-processing there, needless here
     try:
         quantize_dynamic(str(tmp), str(path), weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=["MatMul", "LSTM"])
     finally:
+        root.setLevel(level)
         tmp.unlink(missing_ok=True)
 
 

@@ -8,9 +8,10 @@ For each model (offline BiLSTM-CTC, streaming GRU-CTC) and each way of running i
   decoding as the runtime does them; the streaming row has no endpointing).
 
 Columns: size (model file; the checkpoint for PyTorch), RTF (compute time / audio time, one
-thread, greedy; the streaming model in ``--chunk-ms`` chunks), cold start (a new process's wall
-time from its start to the first partial of the streaming model, or to the transcript of a
-5 s file for the offline model: interpreter, imports, model load and first chunks). On a
+thread, greedy, after a 1 s warm-up; the streaming model in ``--chunk-ms`` chunks), cold start
+(a new process's wall time from its start to the first partial of the streaming model, or to
+the transcript of a 5 s file for the offline model: interpreter, imports, model load and first
+chunks; the fastest of ``--cold-runs``, the others paying for a cold page cache or a busy CPU). On a
 loaded machine report the ratios, which the same run measures under the same load.
 
 By default random-initialised models of the synthetic recipe's configs (cost does not depend on
@@ -108,28 +109,38 @@ def torchscript_stream(directory: Path, audio: torch.Tensor, chunk: int) -> str:
     return "".join(meta["tokens"][t] for t in best if t)
 
 
-def time_streaming(row: str, ckpt: Path, dirs: dict[str, Path], audio: torch.Tensor, chunk: int) -> float:
-    start = time.perf_counter()
+def streaming_runner(row: str, ckpt: Path, dirs: dict[str, Path], chunk: int):
+    """A function of the audio that streams it; the model is loaded here, outside the timing."""
     if row == "PyTorch fp32":
-        stream_audio(Recognizer(ckpt, greedy=True), audio, chunk)
-    elif row == "TorchScript":
-        torchscript_stream(dirs[row], audio, chunk)
-    else:
-        runtime.stream_audio(runtime.StreamingRecognizer(dirs[row], threads=1), audio.numpy(), chunk)
-    return (time.perf_counter() - start) / (len(audio) / SAMPLE_RATE)
+        recognizer = Recognizer(ckpt, greedy=True)
+        return lambda audio: stream_audio(recognizer, audio, chunk)
+    if row == "TorchScript":
+        return lambda audio: torchscript_stream(dirs[row], audio, chunk)
+    recognizer = runtime.StreamingRecognizer(dirs[row], threads=1)
+    return lambda audio: runtime.stream_audio(recognizer, audio.numpy(), chunk)
 
 
-def time_offline(row: str, ckpt: Path, dirs: dict[str, Path], audio: torch.Tensor) -> float:
-    start = time.perf_counter()
+def offline_runner(row: str, ckpt: Path, dirs: dict[str, Path]):
     if row == "PyTorch fp32":
-        Transcriber(str(ckpt), greedy=True).transcribe_audio(audio)
-    elif row == "TorchScript":
-        model = torch.jit.load(str(dirs[row] / "model.ts"))
-        with torch.inference_mode():
-            feats, lengths = LogMelFrontend(80, 1e-4).eval()(audio[None])
-            model(feats, lengths)[0].argmax(-1)
-    else:
-        runtime.Transcriber(dirs[row], threads=1).transcribe(audio.numpy())
+        transcriber = Transcriber(str(ckpt), greedy=True)
+        return transcriber.transcribe_audio
+    if row == "TorchScript":
+        model, frontend = torch.jit.load(str(dirs[row] / "model.ts")), LogMelFrontend(80, 1e-4).eval()
+
+        def run(audio: torch.Tensor) -> None:
+            with torch.inference_mode():
+                model(*frontend(audio[None]))[0].argmax(-1)
+
+        return run
+    transcriber = runtime.Transcriber(dirs[row], threads=1)
+    return lambda audio: transcriber.transcribe(audio.numpy())
+
+
+def rtf(run, audio: torch.Tensor) -> float:
+    """Compute time / audio time, after a warm-up on the first second (first-call allocations)."""
+    run(audio[:SAMPLE_RATE])
+    start = time.perf_counter()
+    run(audio)
     return (time.perf_counter() - start) / (len(audio) / SAMPLE_RATE)
 
 
@@ -225,6 +236,7 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", choices=["offline", "streaming"], default=["offline", "streaming"])
     parser.add_argument("--seconds", type=float, default=60.0, help="audio for the RTF (default: 60)")
     parser.add_argument("--chunk-ms", type=int, default=80)
+    parser.add_argument("--cold-runs", type=int, default=3, help="cold starts per row; the fastest is shown (default: 3)")
     parser.add_argument("--skip-speed", action="store_true", help="WER only")
     parser.add_argument("--wer", action="append", default=[], metavar="MANIFEST", help="test set for WER fp32 vs int8")
     args = parser.parse_args()
@@ -252,14 +264,13 @@ def main() -> None:
                 print("|---|---|---|---|---|")
                 base = None
                 for row in ROWS:
-                    if kind == "streaming":
-                        rtf = time_streaming(row, ckpt, dirs, audio, chunk)
-                    else:
-                        rtf = time_offline(row, ckpt, dirs, audio)
-                    base = base or rtf
+                    run = streaming_runner(row, ckpt, dirs, chunk) if kind == "streaming" else \
+                        offline_runner(row, ckpt, dirs)
+                    speed = rtf(run, audio)
+                    base = base or speed
                     model = str(ckpt) if row == "PyTorch fp32" else str(dirs[row])
-                    cold = cold_start(kind, row, model, wav)
-                    print(f"| {row} | {model_size(row, ckpt, dirs):.2f} | {rtf:.4f} | {rtf / base:.2f} | {cold:.2f} |",
+                    cold = min(cold_start(kind, row, model, wav) for _ in range(args.cold_runs))
+                    print(f"| {row} | {model_size(row, ckpt, dirs):.2f} | {speed:.4f} | {speed / base:.2f} | {cold:.2f} |",
                           flush=True)
             for manifest in args.wer:
                 fp32, int8 = (wer(kind, dirs[row], manifest, chunk) for row in ("ONNX fp32", "ONNX int8"))
