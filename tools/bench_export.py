@@ -7,8 +7,8 @@ For each model (offline BiLSTM-CTC, streaming GRU-CTC) and each way of running i
 * TorchScript: ``asr export --format torchscript``, run by torch.jit (features and greedy
   decoding as the runtime does them; the streaming row has no endpointing).
 
-Columns: size (model file; the checkpoint for PyTorch), RTF (compute time / audio time, one
-thread, greedy, after a 1 s warm-up; the streaming model in ``--chunk-ms`` chunks), cold start
+Columns: size (model file; the checkpoint for PyTorch), RTF (CPU time, and wall time, / audio
+time, one thread, greedy, after a 1 s warm-up; the streaming model in ``--chunk-ms`` chunks), cold start
 (a new process's wall time from its start to the first partial of the streaming model, or to
 the transcript of a 5 s file for the offline model: interpreter, imports, model load and first
 chunks; the fastest of ``--cold-runs``, the others paying for a cold page cache or a busy CPU). On a
@@ -136,12 +136,15 @@ def offline_runner(row: str, ckpt: Path, dirs: dict[str, Path]):
     return lambda audio: transcriber.transcribe(audio.numpy())
 
 
-def rtf(run, audio: torch.Tensor) -> float:
-    """Compute time / audio time, after a warm-up on the first second (first-call allocations)."""
+def rtf(run, audio: torch.Tensor) -> tuple[float, float]:
+    """CPU time and wall time / audio time, after a warm-up on the first second (first-call
+    allocations). Every row runs on one thread, so CPU time is its compute time even when other
+    processes share the cores, which inflates wall time by however much CPU they take."""
     run(audio[:SAMPLE_RATE])
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     run(audio)
-    return (time.perf_counter() - start) / (len(audio) / SAMPLE_RATE)
+    seconds = len(audio) / SAMPLE_RATE
+    return (time.process_time() - cpu) / seconds, (time.perf_counter() - wall) / seconds
 
 
 COLD = {
@@ -260,17 +263,17 @@ def main() -> None:
                 print(f"\n{kind} model ({source}; {params:.2f}M values), 1 thread, greedy"
                       + (f", {args.chunk_ms} ms chunks" if kind == "streaming" else "")
                       + f", {args.seconds:.0f} s of audio")
-                print("| runtime | size (MB) | RTF | RTF / PyTorch | cold start (s) |")
-                print("|---|---|---|---|---|")
+                print("| runtime | size (MB) | RTF (CPU time) | / PyTorch | RTF (wall) | cold start (s) |")
+                print("|---|---|---|---|---|---|")
                 base = None
                 for row in ROWS:
                     run = streaming_runner(row, ckpt, dirs, chunk) if kind == "streaming" else \
                         offline_runner(row, ckpt, dirs)
-                    speed = rtf(run, audio)
+                    speed, wall = rtf(run, audio)
                     base = base or speed
                     model = str(ckpt) if row == "PyTorch fp32" else str(dirs[row])
                     cold = min(cold_start(kind, row, model, wav) for _ in range(args.cold_runs))
-                    print(f"| {row} | {model_size(row, ckpt, dirs):.2f} | {speed:.4f} | {speed / base:.2f} | {cold:.2f} |",
+                    print(f"| {row} | {model_size(row, ckpt, dirs):.2f} | {speed:.4f} | {speed / base:.2f} | {wall:.4f} | {cold:.2f} |",
                           flush=True)
             for manifest in args.wer:
                 fp32, int8 = (wer(kind, dirs[row], manifest, chunk) for row in ("ONNX fp32", "ONNX int8"))
