@@ -72,11 +72,6 @@ class StreamingStep(nn.Module):
         self.model = model
         self.chunk_frames = chunk_frames
         self.outputs = chunk_frames // config.time_stride
-        gru = model.gru
-        # pre-transposed, each stored once: every unrolled frame then uses the same initializer
-        for layer in range(gru.num_layers):
-            self.register_buffer(f"w_ih{layer}", getattr(gru, f"weight_ih_l{layer}").detach().t().contiguous())
-            self.register_buffer(f"w_hh{layer}", getattr(gru, f"weight_hh_l{layer}").detach().t().contiguous())
 
     def state_shapes(self) -> dict[str, list[int]]:
         config, sub = self.model.config, self.model.subsampling
@@ -113,7 +108,8 @@ class StreamingStep(nn.Module):
         """One GRU layer over ``(frames, input)`` from state ``(1, hidden)``, unrolled (gates in
         PyTorch's order r, z, n), then the model's layer norm and residual if it has them."""
         gru, size = self.model.gru, self.model.gru.hidden_size
-        w_ih, w_hh = getattr(self, f"w_ih{layer}"), getattr(self, f"w_hh{layer}")
+        # transposed once per layer, not per frame: ONNX's constant folding then stores each once
+        w_ih, w_hh = getattr(gru, f"weight_ih_l{layer}").t(), getattr(gru, f"weight_hh_l{layer}").t()
         b_hh = getattr(gru, f"bias_hh_l{layer}")
         gates_x = x @ w_ih + getattr(gru, f"bias_ih_l{layer}")  # (frames, 3 hidden), all frames at once
         outputs = []

@@ -11,7 +11,9 @@ Columns: size (model file; the checkpoint for PyTorch), RTF (CPU time, and wall 
 time, one thread, greedy, after a 1 s warm-up; the streaming model in ``--chunk-ms`` chunks), cold start
 (a new process's wall time from its start to the first partial of the streaming model, or to
 the transcript of a 5 s file for the offline model: interpreter, imports, model load and first
-chunks; the fastest of ``--cold-runs``, the others paying for a cold page cache or a busy CPU). On a
+chunks; the fastest of ``--cold-runs``, the others paying for a cold page cache or a busy CPU;
+and the CPU time that process had used by then, which is what it costs on an idle machine less
+the waits for the disk). On a
 loaded machine report the ratios, which the same run measures under the same load.
 
 By default random-initialised models of the synthetic recipe's configs (cost does not depend on
@@ -167,18 +169,18 @@ a, f = load_audio({wav!r}), StreamingLogMel(80)
 with torch.inference_mode():
     s = [torch.zeros(1, 1, 2, 80), torch.zeros(1, 32, 2, 40), torch.zeros(3, 1, 320), torch.zeros(1, 2, 320)]
     m(f.accept_audio(a[:1280 + 240])[:, :8], torch.tensor([2]), *s)
-print("first", flush=True)
+print("first", time.process_time(), flush=True)
 """,
     ("offline", "PyTorch fp32"): """
 import torch; torch.set_num_threads(1)
 from asr.transcribe import Transcriber
 Transcriber({model!r}, greedy=True).transcribe_file({wav!r})
-print("first", flush=True)
+print("first", time.process_time(), flush=True)
 """,
     ("offline", "ONNX"): """
 from asr.runtime import Transcriber
 Transcriber({model!r}).transcribe_file({wav!r})
-print("first", flush=True)
+print("first", time.process_time(), flush=True)
 """,
     ("offline", "TorchScript"): """
 import torch; torch.set_num_threads(1)
@@ -187,31 +189,32 @@ from asr.features import LogMelFrontend
 from asr.audio import load_audio
 with torch.inference_mode():
     m(*LogMelFrontend(80, 1e-4).eval()(load_audio({wav!r})[None]))
-print("first", flush=True)
+print("first", time.process_time(), flush=True)
 """,
 }
 FIRST_PARTIAL = """
 for k in range(0, len(a), 1280):
     if any(e.kind == "partial" for e in r.accept_audio(a[k:k + 1280])):
-        print("first", flush=True)
+        print("first", time.process_time(), flush=True)
         break
 """
 
 
-def cold_start(kind: str, row: str, model: str, wav: Path) -> float:
-    """Wall seconds from spawning a fresh interpreter to its first result line."""
-    code = COLD[(kind, row.split()[0] if row.startswith("ONNX") else row)]
+def cold_start(kind: str, row: str, model: str, wav: Path) -> tuple[float, float]:
+    """Wall seconds from spawning a fresh interpreter to its first result line, and the CPU
+    seconds the process had used by then (which other processes' load does not inflate)."""
+    code = "import time\n" + COLD[(kind, row.split()[0] if row.startswith("ONNX") else row)]
     if kind == "streaming" and row != "TorchScript":
         code += FIRST_PARTIAL
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code.format(model=model, wav=str(wav))], stdout=subprocess.PIPE,
                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    line = proc.stdout.readline()
+    line = proc.stdout.readline().split()
     elapsed = time.perf_counter() - start
     proc.wait()
-    if line.strip() != "first":
+    if not line or line[0] != "first":
         raise RuntimeError(f"cold start of {kind} {row} gave no result")
-    return elapsed
+    return elapsed, float(line[1])
 
 
 def wer(kind: str, directory: Path, manifest: str, chunk: int) -> float:
@@ -263,8 +266,8 @@ def main() -> None:
                 print(f"\n{kind} model ({source}; {params:.2f}M values), 1 thread, greedy"
                       + (f", {args.chunk_ms} ms chunks" if kind == "streaming" else "")
                       + f", {args.seconds:.0f} s of audio")
-                print("| runtime | size (MB) | RTF (CPU time) | / PyTorch | RTF (wall) | cold start (s) |")
-                print("|---|---|---|---|---|---|")
+                print("| runtime | size (MB) | RTF (CPU time) | / PyTorch | RTF (wall) | cold start: CPU (s) | wall (s) |")
+                print("|---|---|---|---|---|---|---|")
                 base = None
                 for row in ROWS:
                     run = streaming_runner(row, ckpt, dirs, chunk) if kind == "streaming" else \
@@ -272,8 +275,8 @@ def main() -> None:
                     speed, wall = rtf(run, audio)
                     base = base or speed
                     model = str(ckpt) if row == "PyTorch fp32" else str(dirs[row])
-                    cold = min(cold_start(kind, row, model, wav) for _ in range(args.cold_runs))
-                    print(f"| {row} | {model_size(row, ckpt, dirs):.2f} | {speed:.4f} | {speed / base:.2f} | {wall:.4f} | {cold:.2f} |",
+                    cold, cold_cpu = min(cold_start(kind, row, model, wav) for _ in range(args.cold_runs))
+                    print(f"| {row} | {model_size(row, ckpt, dirs):.2f} | {speed:.4f} | {speed / base:.2f} | {wall:.4f} | {cold_cpu:.2f} | {cold:.2f} |",
                           flush=True)
             for manifest in args.wer:
                 fp32, int8 = (wer(kind, dirs[row], manifest, chunk) for row in ("ONNX fp32", "ONNX int8"))
