@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import jiwer
 import numpy as np
 import pytest
 import soundfile as sf
@@ -221,8 +222,9 @@ def test_runtime_transcribes_like_asr_transcribe_greedy(tiny_checkpoint, tmp_pat
     got = cli("transcribe", "--runtime", "onnx", "--model", str(tmp_path / "onnx"), str(wav))
     assert expected.returncode == got.returncode == 0, got.stderr
     assert got.stdout == expected.stdout
-    assert expected.stdout.split("\t")[1].strip() == "THE CAT SAT ON THE MAT"
-    assert runtime.Transcriber(tmp_path / "onnx").transcribe_file(wav) == "THE CAT SAT ON THE MAT"
+    text = expected.stdout.split("\t")[1].strip()
+    assert jiwer.cer("THE CAT SAT ON THE MAT", text) < 0.1  # the memorised sentence, not a blank or garbage
+    assert runtime.Transcriber(tmp_path / "onnx").transcribe_file(wav) == text
 
 
 @requires_espeak
@@ -230,17 +232,15 @@ def test_runtime_streams_like_the_recognizer(tiny_streaming_checkpoint, tmp_path
     """Same events (kind, text, utterance, times) as asr.streaming.Recognizer, greedy, with
     endpoints between utterances and chunks that are no multiple of the graph's."""
     export_checkpoint(tiny_streaming_checkpoint.path, tmp_path / "onnx")
-    audio = [tiny_streaming_checkpoint.audio[i] for i in (0, 3, 1)]
-    gaps = [torch.zeros(int(s * 16000)) for s in (0.4, 1.5, 1.2, 0.6)]
-    stream = torch.cat([gaps[0], audio[0], gaps[1], audio[1], gaps[2], audio[2], gaps[3]])
-    endpoint = EndpointConfig(trailing_silence=0.6)
+    audio, gap = tiny_streaming_checkpoint.audio, torch.zeros(24000)
+    stream = torch.cat([gap[:4000], audio[0], gap, audio[2], gap, audio[1], gap[:6000]])
+    sentences = [tiny_streaming_checkpoint.sentences[i].upper() for i in (0, 2, 1)]
     for chunk in (1280, 2000, 517):
-        expected = _events(Recognizer(tiny_streaming_checkpoint.path, endpoint=endpoint, greedy=True), stream, chunk)
-        got = _events(runtime.StreamingRecognizer(tmp_path / "onnx", runtime.EndpointConfig(trailing_silence=0.6)),
-                      stream.numpy(), chunk)
+        expected = _events(Recognizer(tiny_streaming_checkpoint.path, greedy=True), stream, chunk)
+        got = _events(runtime.StreamingRecognizer(tmp_path / "onnx"), stream.numpy(), chunk)
         finals = [e for e in expected if e[0] == "final"]
-        assert [e[1] for e in finals] == [s.upper() for s in ("open the door please", "bring me seven green apples",
-                                                              "speech recognition is fun")]
+        assert [e[2] for e in finals] == [0, 1, 2]
+        assert jiwer.cer(sentences, [e[1] for e in finals]) < 0.05
         assert got == expected
 
 

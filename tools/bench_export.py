@@ -13,7 +13,8 @@ time, one thread, greedy, after a 1 s warm-up; the streaming model in ``--chunk-
 the transcript of a 5 s file for the offline model: interpreter, imports, model load and first
 chunks; the fastest of ``--cold-runs``, the others paying for a cold page cache or a busy CPU;
 and the CPU time that process had used by then, which is what it costs on an idle machine less
-the waits for the disk). On a
+the waits for the disk), and the max abs difference of the log-probs from PyTorch's on the
+first 10 s. On a
 loaded machine report the ratios, which the same run measures under the same load.
 
 By default random-initialised models of the synthetic recipe's configs (cost does not depend on
@@ -136,6 +137,35 @@ def offline_runner(row: str, ckpt: Path, dirs: dict[str, Path]):
         return run
     transcriber = runtime.Transcriber(dirs[row], threads=1)
     return lambda audio: transcriber.transcribe(audio.numpy())
+
+
+def max_difference(kind: str, row: str, ckpt: Path, dirs: dict[str, Path], audio: torch.Tensor) -> float:
+    """Max abs difference of the row's log-probs from PyTorch's forward on ``audio``'s features
+    (the streaming model's ONNX and TorchScript graphs stepped chunk by chunk)."""
+    import json
+
+    feats, lengths = LogMelFrontend(80, 1e-4).eval()(audio[None])
+    with torch.inference_mode():
+        expected = load_checkpoint(ckpt).build_model()(feats, lengths)[0][0]
+        if row == "PyTorch fp32":
+            return 0.0
+        if row.startswith("ONNX"):
+            got = torch.from_numpy(runtime.ExportedModel(dirs[row]).log_probs(feats[0].numpy()))
+        elif kind == "offline":
+            got = torch.jit.load(str(dirs[row] / "model.ts"))(feats, lengths)[0][0]
+        else:
+            meta = json.loads((dirs[row] / "model.json").read_text())
+            spec, stride = meta["streaming"], meta["time_stride"]
+            step, size = torch.jit.load(str(dirs[row] / "model.ts")), spec["chunk_frames"]
+            state, outputs = [torch.zeros(shape) for shape in spec["state"].values()], []
+            for start in range(0, feats.shape[1], size):
+                chunk = feats[:, start : start + size]
+                valid = torch.tensor([-(-chunk.shape[1] // stride)])
+                chunk = torch.nn.functional.pad(chunk, (0, 0, 0, size - chunk.shape[1]))
+                log_probs, flush, *state = step(chunk, valid, *state)
+                outputs.append(log_probs[0])
+            got = torch.cat([*outputs, flush[0]])[spec["lookahead"] :][: len(expected)]
+    return float((got - expected).abs().max())
 
 
 def rtf(run, audio: torch.Tensor) -> tuple[float, float]:
@@ -266,8 +296,8 @@ def main() -> None:
                 print(f"\n{kind} model ({source}; {params:.2f}M values), 1 thread, greedy"
                       + (f", {args.chunk_ms} ms chunks" if kind == "streaming" else "")
                       + f", {args.seconds:.0f} s of audio")
-                print("| runtime | size (MB) | RTF (CPU time) | / PyTorch | RTF (wall) | cold start: CPU (s) | wall (s) |")
-                print("|---|---|---|---|---|---|---|")
+                print("| runtime | size (MB) | RTF (CPU time) | / PyTorch | RTF (wall) | cold start: CPU (s) | wall (s) | max abs log-prob difference |")
+                print("|---|---|---|---|---|---|---|---|")
                 base = None
                 for row in ROWS:
                     run = streaming_runner(row, ckpt, dirs, chunk) if kind == "streaming" else \
@@ -275,8 +305,9 @@ def main() -> None:
                     speed, wall = rtf(run, audio)
                     base = base or speed
                     model = str(ckpt) if row == "PyTorch fp32" else str(dirs[row])
+                    difference = max_difference(kind, row, ckpt, dirs, audio[: 10 * SAMPLE_RATE])
                     cold, cold_cpu = min(cold_start(kind, row, model, wav) for _ in range(args.cold_runs))
-                    print(f"| {row} | {model_size(row, ckpt, dirs):.2f} | {speed:.4f} | {speed / base:.2f} | {wall:.4f} | {cold_cpu:.2f} | {cold:.2f} |",
+                    print(f"| {row} | {model_size(row, ckpt, dirs):.2f} | {speed:.4f} | {speed / base:.2f} | {wall:.4f} | {cold_cpu:.2f} | {cold:.2f} | {difference:.1e} |",
                           flush=True)
             for manifest in args.wer:
                 fp32, int8 = (wer(kind, dirs[row], manifest, chunk) for row in ("ONNX fp32", "ONNX int8"))
