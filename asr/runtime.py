@@ -270,7 +270,10 @@ class StreamingRecognizer:
     """:class:`asr.streaming.Recognizer` with greedy decoding on an exported streaming model:
     feed chunks of any size with :meth:`accept_audio`, get partial and final :class:`Event` s;
     :meth:`finish` at the end of the stream. Endpointing, replay of the audio after an endpoint
-    and event times follow that class (its docstring says why).
+    and event times follow that class (its docstring says why), and the finals are the same.
+    A partial can come up to one graph chunk later than there: the exported step runs on whole
+    chunks of ``chunk_frames`` features, where the PyTorch step emits each output frame as soon
+    as its features are in.
     """
 
     def __init__(self, directory: str | os.PathLike | ExportedModel, endpoint: EndpointConfig | None = None,

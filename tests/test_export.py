@@ -229,8 +229,11 @@ def test_runtime_transcribes_like_asr_transcribe_greedy(tiny_checkpoint, tmp_pat
 
 @requires_espeak
 def test_runtime_streams_like_the_recognizer(tiny_streaming_checkpoint, tmp_path):
-    """Same events (kind, text, utterance, times) as asr.streaming.Recognizer, greedy, with
-    endpoints between utterances and chunks that are no multiple of the graph's."""
+    """The same final events (text, utterance, times) as asr.streaming.Recognizer, greedy, with
+    endpoints between utterances and chunks that are no multiple of the graph's. Partials may
+    come later: the graph waits for a whole chunk of features where the PyTorch step emits each
+    output frame as soon as its features are in (80 ms chunks of audio give 6, 14, 22, ...
+    frames, never a multiple of the graph's 8), so they are checked to grow towards the final."""
     export_checkpoint(tiny_streaming_checkpoint.path, tmp_path / "onnx")
     audio, gap = tiny_streaming_checkpoint.audio, torch.zeros(24000)
     stream = torch.cat([gap[:4000], audio[0], gap, audio[2], gap, audio[1], gap[:6000]])
@@ -241,7 +244,9 @@ def test_runtime_streams_like_the_recognizer(tiny_streaming_checkpoint, tmp_path
         finals = [e for e in expected if e[0] == "final"]
         assert [e[2] for e in finals] == [0, 1, 2]
         assert jiwer.cer(sentences, [e[1] for e in finals]) < 0.05
-        assert got == expected
+        assert [e for e in got if e[0] == "final"] == finals
+        for kind, text, utterance, *_ in got:
+            assert kind == "final" or finals[utterance][1].startswith(text)
 
 
 def _events(recognizer, audio, chunk: int) -> list[tuple]:
