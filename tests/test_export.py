@@ -216,7 +216,8 @@ def test_export_directory_carries_the_language_model(tmp_path):
 @requires_espeak
 def test_runtime_transcribes_like_asr_transcribe_greedy(tiny_checkpoint, tmp_path):
     wav = tmp_path / "utt.wav"
-    sf.write(wav, torch.cat([torch.zeros(3000), tiny_checkpoint.audio[2], torch.zeros(5000)]).numpy(), 16000)
+    # as memorised: the tiny model, trained without silence around its sentences, misreads them with it
+    sf.write(wav, tiny_checkpoint.audio[2].numpy(), 16000)
     assert cli("export", "--model", str(tiny_checkpoint.path), "--out", str(tmp_path / "onnx")).returncode == 0
     expected = cli("transcribe", "--model", str(tiny_checkpoint.path), "--greedy", str(wav))
     got = cli("transcribe", "--runtime", "onnx", "--model", str(tmp_path / "onnx"), str(wav))
