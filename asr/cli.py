@@ -24,6 +24,8 @@ def _transcribe(args: argparse.Namespace) -> int:
     from asr.pretrained import resolve_model
     from asr.transcribe import AUDIO_EXTENSIONS, Transcriber, audio_files, to_json, to_srt, to_vtt
 
+    if args.runtime == "onnx":
+        return _runtime_transcribe(args)
     # one dict per recording: {"audio": path} or, from a manifest, {"id": ..., "audio": ...};
     # the id (else the path as given) labels its output
     inputs, failures = [], []
@@ -125,6 +127,90 @@ def _fail(err: BaseException, code: int = 2) -> int:
     return _error(_message(err), code)
 
 
+def _add_runtime_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="onnx: --model is a directory from `asr export --format onnx`, run with onnxruntime "
+                   "(greedy decoding; docs/export.md) (default: torch)")
+
+
+def _runtime_transcribe(args: argparse.Namespace) -> int:
+    """`asr transcribe --runtime onnx`: PATH<TAB>TEXT lines, segments cut as with torch."""
+    from pathlib import Path
+
+    from asr.audio import AudioError, iter_audio_blocks, split_on_silence
+    from asr.data.manifest import read_manifest
+    from asr.runtime import ExportDirError, Transcriber
+    from asr.transcribe import audio_files
+
+    if args.format != "text" or args.output_dir or _beam_options(args) is not None or args.device != "cpu":
+        return _fail(ValueError("--runtime onnx prints text, greedy, on the CPU: drop --format, --output-dir, "
+                                "--device and the beam search options"))
+    if args.model is None:
+        return _error("--runtime onnx needs --model DIR, a directory made by `asr export`")
+    try:
+        transcriber = Transcriber(args.model)
+        inputs = [(str(p), str(p)) for name in args.inputs
+                  for p in (audio_files(name) if Path(name).is_dir() else [name])]
+        if args.manifest:
+            inputs += [(str(entry["id"]), entry["audio"]) for entry in read_manifest(args.manifest)]
+    except (ExportDirError, OSError, ValueError) as err:
+        return _fail(err)
+    failures = 0
+    for label, path in inputs:
+        try:
+            segments = split_on_silence(iter_audio_blocks(path, seconds=30.0), 30.0, 15.0)
+            text = " ".join(t for _, segment in segments if (t := transcriber.transcribe(segment.numpy())))
+        except AudioError as err:
+            _error(str(err), 1)
+            failures += 1
+            continue
+        print(f"{label}\t{text}", flush=True)
+    return 1 if failures else 0
+
+
+def _runtime_recognizer(args: argparse.Namespace):
+    """`asr stream --runtime onnx`: the torch-free recognizer, with the same events."""
+    from asr.runtime import StreamingRecognizer
+
+    if _beam_options(args) is not None:
+        raise ValueError("--runtime onnx decodes greedily: drop the beam search options")
+    if args.model is None:
+        raise ValueError("--runtime onnx needs --model DIR, a directory made by `asr export`")
+    return StreamingRecognizer(args.model)
+
+
+def _add_export(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("export", help="export a checkpoint to ONNX (for `--runtime onnx`, no torch needed) "
+                         "or TorchScript, optionally with int8 weights (docs/export.md)")
+    p.add_argument("--model", help="checkpoint file (default: the embedded default model of its kind)")
+    p.add_argument("--kind", choices=["offline", "streaming"], default="offline",
+                   help="without --model: which embedded default to export (default: offline)")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory for the model, model.json and the LM files")
+    p.add_argument("--quantize", choices=["int8"], help="dynamic int8 weights (onnxruntime; onnx only)")
+    p.add_argument("--chunk-ms", type=_positive_int, default=80, metavar="MS",
+                   help="streaming models: audio per step of the exported graph (a multiple of 10 ms x the "
+                   "model's time stride; default: 80)")
+    p.set_defaults(func=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from asr.checkpoint import CheckpointError
+    from asr.export import ExportConfig, describe, export_checkpoint
+
+    try:
+        from asr.pretrained import resolve_model
+
+        model = resolve_model(args.model, args.kind)  # FileNotFoundError, one line, if none is embedded
+        if args.chunk_ms % 10:
+            raise ValueError(f"--chunk-ms {args.chunk_ms}: must be a multiple of 10 ms")
+        path = export_checkpoint(model, args.out, ExportConfig(args.format, args.quantize, args.chunk_ms))
+    except (CheckpointError, OSError, ImportError, ValueError) as err:
+        return _fail(err)
+    print(f"wrote {describe(path)}")
+    return 0
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -186,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=1, metavar="N",
                    help="segments or short files run through the model together (default: 1)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run the model (default: cpu)")
+    _add_runtime_option(p)
     _add_beam_options(p)
     p.set_defaults(func=_transcribe)
     _add_prepare(verbs)
@@ -194,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_language_model(verbs)
     _add_stream(verbs)
     _add_serve(verbs)
+    _add_export(verbs)
     return parser
 
 
@@ -674,6 +762,7 @@ def _add_stream(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--realtime", action="store_true", help="with --file: feed it at the pace of real time")
     p.add_argument("--max-seconds", type=float, metavar="S",
                    help="stop after S seconds of audio (default: at Ctrl-C or the end of --file)")
+    _add_runtime_option(p)
     _add_beam_options(p)
     p.set_defaults(func=_stream)
 
@@ -700,7 +789,11 @@ def _stream(args: argparse.Namespace) -> int:
             return 0
         if args.realtime and not args.file:
             return _error("--realtime needs --file")
-        recognizer = Recognizer(resolve_model(args.model, "streaming"), beam=_beam_options(args), greedy=args.greedy)
+        if args.runtime == "onnx":
+            recognizer = _runtime_recognizer(args)
+        else:
+            recognizer = Recognizer(resolve_model(args.model, "streaming"), beam=_beam_options(args),
+                                    greedy=args.greedy)
         if args.file:
             # the whole file checked now, as every reader checks it: a bad one is refused before
             # anything of it is recognised (a truncated MP3 shows only at its end)

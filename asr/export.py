@@ -1,0 +1,240 @@
+"""Export a checkpoint for deployment: ONNX (for :mod:`asr.runtime`, onnxruntime without torch)
+or TorchScript (for libtorch), optionally with int8 weights.
+
+An export directory alone is enough to transcribe::
+
+    model.onnx | model.ts   the acoustic model (CMVN inside the graph; features in, log-probs out)
+    model.json              what the runtime needs: model kind, frontend settings, tokens,
+                            chunking and state shapes of the streaming step, decoding defaults
+    lm.arpa, lexicon.txt    the word LM and lexicon, when the checkpoint carries them
+
+The offline model takes features ``(batch, frames, n_mels)`` + lengths ``(batch,)`` and returns
+log-probs ``(batch, frames', vocab)`` + lengths, as ``forward``; both axes are dynamic.
+
+The streaming model is exported as its step function over a fixed chunk of ``chunk_frames``
+feature frames (a multiple of the time stride): the convolution caches, GRU state and
+look-ahead buffer are explicit inputs and outputs that the caller carries from chunk to
+chunk (:class:`StreamingStep`). A fixed chunk lets the recurrence be unrolled into plain
+matrix products, which onnxruntime's dynamic quantization turns into int8 ones (it has no
+int8 GRU); the input projection of all a chunk's frames is one product.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from asr.checkpoint import Checkpoint, load_checkpoint
+from asr.features import F_MAX, F_MIN, HOP_LENGTH, LOG_FLOOR, N_FFT, WIN_LENGTH
+from asr.models.streaming_gru import KERNEL, StreamingGRUCTC
+
+FORMATS = ("onnx", "torchscript")
+OPSET = 17
+
+
+@dataclass
+class ExportConfig:
+    format: str = "onnx"  # "onnx" or "torchscript"
+    quantize: str | None = None  # "int8": dynamic int8 weights of the matrix products and LSTMs (onnx only)
+    chunk_ms: int = 80  # streaming model: audio per step (a multiple of time_stride x 10 ms)
+
+
+class StreamingStep(nn.Module):
+    """:meth:`StreamingGRUCTC.step` with fixed shapes and the state as tensors, for export.
+
+    Inputs: features ``(1, chunk_frames, n_mels)``, ``valid`` ``(1,)`` int64 (output frames of this
+    chunk that are real: ``chunk_frames // stride`` except in the last, zero-padded chunk), and the
+    state: ``conv1`` ``(1, 1, 2, n_mels)``, ``conv2`` ``(1, channels, 2, bins)``, ``hidden``
+    ``(layers, 1, hidden)``, ``row`` ``(1, lookahead, hidden)``, all zeros at the start.
+
+    Outputs: ``log_probs`` ``(1, chunk_frames // stride, vocab)``, ``flush`` ``(1, lookahead, vocab)``
+    and the new state. The look-ahead buffer starts as ``lookahead`` zero frames instead of none,
+    so the first ``lookahead`` output frames of a stream are not the utterance's and the caller
+    drops them; from then on output frame ``k`` is stream frame ``k - lookahead``. ``flush`` is
+    what :meth:`StreamingGRUCTC.flush` would give on the new state (the frames still waiting for
+    their look-ahead, with a future of zeros), for use after the last chunk. GRU outputs past
+    ``valid`` are zeroed, as ``forward`` zeroes them past the end of an utterance.
+    """
+
+    def __init__(self, model: StreamingGRUCTC, chunk_frames: int) -> None:
+        super().__init__()
+        config = model.config
+        if chunk_frames <= 0 or chunk_frames % config.time_stride:
+            raise ValueError(f"chunk of {chunk_frames} frames: must be a positive multiple of time_stride {config.time_stride}")
+        self.model = model
+        self.chunk_frames = chunk_frames
+        self.outputs = chunk_frames // config.time_stride
+
+    def state_shapes(self) -> dict[str, list[int]]:
+        config, sub = self.model.config, self.model.subsampling
+        shapes = {f"conv{k + 1}": [1, c, KERNEL - 1, bins] for k, (c, bins) in enumerate(sub.in_shapes)}
+        shapes["hidden"] = [config.num_layers, 1, config.hidden_size]
+        shapes["row"] = [1, config.lookahead, config.hidden_size]
+        return shapes
+
+    def forward(self, feats, valid, conv1, conv2, hidden, row):
+        model = self.model
+        x = model.cmvn(feats).unsqueeze(1)  # (1, 1, frames, mels)
+        caches = []
+        for conv, left in zip(model.subsampling.convs, (conv1, conv2)):
+            x = torch.cat([left, x], dim=2)
+            # a chunk that is a multiple of the strides consumes all but the last KERNEL - 1 frames
+            caches.append(x[:, :, x.shape[2] - (KERNEL - 1) :])
+            x = torch.relu(conv(x))
+        x = model.subsampling._flatten(x)[0]  # (frames', out_dim)
+        states = []
+        for layer in range(model.gru.num_layers):
+            x, h = self._gru_layer(x, hidden[layer], layer)
+            states.append(h)
+        mask = (torch.arange(self.outputs) < valid).to(x.dtype)[:, None]
+        x = (x * mask)[None]  # (1, frames', hidden)
+        x = torch.cat([row, x], dim=1)
+        look = model.config.lookahead
+        new_row = x[:, x.shape[1] - look :]
+        log_probs = model.output(model.lookahead.conv(x.transpose(1, 2)).transpose(1, 2)).log_softmax(dim=-1)
+        tail = torch.cat([new_row, torch.zeros_like(new_row)], dim=1)
+        flush = model.output(model.lookahead.conv(tail.transpose(1, 2)).transpose(1, 2)[:, :look]).log_softmax(dim=-1)
+        return log_probs, flush, caches[0], caches[1], torch.stack(states), new_row
+
+    def _gru_layer(self, x: torch.Tensor, h: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One GRU layer over ``(frames, input)`` from state ``(1, hidden)``, unrolled (gates in
+        PyTorch's order r, z, n), then the model's layer norm and residual if it has them."""
+        gru, size = self.model.gru, self.model.gru.hidden_size
+        # transposed once per layer, not per frame: ONNX's constant folding then stores each once
+        w_ih, w_hh = getattr(gru, f"weight_ih_l{layer}").t(), getattr(gru, f"weight_hh_l{layer}").t()
+        b_hh = getattr(gru, f"bias_hh_l{layer}")
+        gates_x = x @ w_ih + getattr(gru, f"bias_ih_l{layer}")  # (frames, 3 hidden), all frames at once
+        outputs = []
+        # one Split per tensor rather than a Slice per gate: fewer, larger graph nodes
+        for row in gates_x.split(1, dim=0):
+            x_rz, x_n = row.split([2 * size, size], dim=1)
+            h_rz, h_n = (h @ w_hh + b_hh).split([2 * size, size], dim=1)
+            r, z = torch.sigmoid(x_rz + h_rz).chunk(2, dim=1)
+            n = torch.tanh(x_n + r * h_n)
+            h = n + z * (h - n)  # (1 - z) n + z h
+            outputs.append(h)
+        y = torch.cat(outputs)
+        if self.model.norms is not None:
+            y = self.model.norms[layer](y + x if y.shape == x.shape else y)
+        return y, h
+
+
+STEP_INPUTS = ["feats", "valid", "conv1", "conv2", "hidden", "row"]
+STEP_OUTPUTS = ["log_probs", "flush", "conv1_out", "conv2_out", "hidden_out", "row_out"]
+
+
+def initial_state(shapes: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    return {name: torch.zeros(shape) for name, shape in shapes.items()}
+
+
+def export_checkpoint(checkpoint: str | os.PathLike | Checkpoint, out_dir: str | os.PathLike,
+                      config: ExportConfig | None = None) -> Path:
+    """Write ``out_dir`` (see the module docstring) for ``checkpoint``; returns the model file."""
+    config = config or ExportConfig()
+    if config.format not in FORMATS:
+        raise ValueError(f"unknown format {config.format!r}; choose one of: {', '.join(FORMATS)}")
+    if config.quantize not in (None, "int8"):
+        raise ValueError(f"unknown quantization {config.quantize!r}; the one supported is int8")
+    if config.quantize and config.format != "onnx":
+        raise ValueError("--quantize int8 is for --format onnx (onnxruntime's dynamic quantization)")
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    model = ckpt.build_model("cpu")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    training = ckpt.training_config
+    meta = {
+        "format": "asr-export-1",
+        "model": ckpt.model_name,
+        "model_file": "model.onnx" if config.format == "onnx" else "model.ts",
+        "quantize": config.quantize,
+        "tokens": ckpt.tokenizer.tokens,
+        "blank_id": ckpt.tokenizer.blank_id,
+        "frontend": {"sample_rate": 16000, "n_mels": model.config.n_mels, "dither": training.get("dither", 0.0),
+                     "win_length": WIN_LENGTH, "hop_length": HOP_LENGTH, "n_fft": N_FFT, "f_min": F_MIN,
+                     "f_max": F_MAX, "log_floor": LOG_FLOOR, "window": "hann-symmetric", "mel_scale": "htk"},
+        "edge_samples": int(training.get("data", {}).get("augment", {}).get("pad_s", 0.0) / 2 * 16000),
+        "time_stride": model.config.time_stride,
+    }
+    path = out / meta["model_file"]
+    with torch.no_grad():
+        if isinstance(model, StreamingGRUCTC):
+            frames = config.chunk_ms // 10
+            step = StreamingStep(model, frames).eval()
+            shapes = step.state_shapes()
+            meta["streaming"] = {"chunk_frames": frames, "lookahead": model.config.lookahead, "state": shapes,
+                                 "inputs": STEP_INPUTS, "outputs": STEP_OUTPUTS}
+            example = (torch.zeros(1, frames, model.config.n_mels), torch.tensor([step.outputs]),
+                       *initial_state(shapes).values())
+            _write_graph(step, example, path, config.format, STEP_INPUTS, STEP_OUTPUTS, dynamic_axes=None)
+        else:
+            example = (torch.randn(2, 200, model.config.n_mels), torch.tensor([200, 150]))
+            _write_graph(model, example, path, config.format, ["feats", "lengths"], ["log_probs", "out_lengths"],
+                         dynamic_axes={"feats": {0: "batch", 1: "frames"}, "lengths": {0: "batch"},
+                                       "log_probs": {0: "batch", 1: "out_frames"}, "out_lengths": {0: "batch"}})
+    if config.quantize:
+        _quantize_int8(path)
+    if ckpt.language_model is not None:
+        lm = ckpt.language_model
+        if lm.arpa is not None:
+            (out / "lm.arpa").write_text(lm.arpa)
+        if lm.lexicon is not None:
+            (out / "lexicon.txt").write_text(lm.lexicon)
+        meta["language_model"] = {"arpa": "lm.arpa" if lm.arpa else None,
+                                  "lexicon": "lexicon.txt" if lm.lexicon else None,
+                                  "lm_weight": lm.lm_weight, "word_score": lm.word_score}
+    (out / "model.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return path
+
+
+def _write_graph(module: nn.Module, example: tuple, path: Path, fmt: str, inputs: list[str], outputs: list[str],
+                 dynamic_axes: dict | None) -> None:
+    # the tracer warns of every Python-level shape test it freezes; the tests check the
+    # graphs on other shapes than the example's, which is what those warnings are about
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _trace(module, example, path, fmt, inputs, outputs, dynamic_axes)
+
+
+def _trace(module: nn.Module, example: tuple, path: Path, fmt: str, inputs: list[str], outputs: list[str],
+           dynamic_axes: dict | None) -> None:
+    if fmt == "torchscript":
+        torch.jit.save(torch.jit.trace(module, example, check_trace=False), str(path))
+        return
+    # the TorchScript-based exporter: it turns aten::lstm into ONNX's LSTM, which onnxruntime
+    # quantizes; the dynamo exporter would need onnxscript as well
+    torch.onnx.export(module, example, str(path), input_names=inputs, output_names=outputs,
+                      dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False)
+
+
+def _quantize_int8(path: Path) -> None:
+    """Dynamic int8 (weights quantized once, activations per call) of MatMul and LSTM, in place."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = path.with_suffix(".fp32.onnx")
+    shutil.move(path, tmp)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic advises shape-inference pre-processing there, needless here
+    try:
+        quantize_dynamic(str(tmp), str(path), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul", "LSTM"])
+    finally:
+        root.setLevel(level)
+        tmp.unlink(missing_ok=True)
+
+
+def describe(path: Path) -> str:
+    meta = json.loads((path.parent / "model.json").read_text())
+    return (f"{path} ({path.stat().st_size / 1e6:.2f} MB, {meta['model']}, {meta['quantize'] or 'fp32'}"
+            + (f", {meta['streaming']['chunk_frames'] * 10} ms chunks" if "streaming" in meta else "") + ")")
+
+
+

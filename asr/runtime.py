@@ -1,0 +1,394 @@
+"""Run an exported model (``asr export``) with onnxruntime, numpy and soundfile only: no torch.
+
+    >>> from asr.runtime import Transcriber, StreamingRecognizer  # doctest: +SKIP
+    >>> Transcriber("exported/").transcribe_file("speech.wav")  # doctest: +SKIP
+    'OPEN THE DOOR PLEASE'
+
+The parts mirror the library's: :class:`LogMel` is :class:`asr.features.LogMelFrontend` in
+numpy (tests/test_export.py holds them equal), :func:`greedy_decode` is greedy CTC,
+:class:`Transcriber` transcribes files and :class:`StreamingRecognizer` is
+:class:`asr.streaming.Recognizer` (greedy) with the same endpointing and events. Decoding is
+greedy: the word LM and lexicon the export directory may hold are for a beam search
+(flashlight-text), which this module leaves to the caller.
+
+Shapes: audio ``(samples,)`` float32 at 16 kHz; features ``(frames, n_mels)``; log-probs
+``(frames', vocab)`` (one utterance: the runtime serves one stream at a time).
+
+Never import torch (or any asr module that does) here: tests/test_export.py runs this module
+with torch blocked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import soundfile
+
+
+class ExportDirError(ValueError):
+    """An export directory or input the runtime cannot use (one-line message)."""
+
+
+# --- frontend ------------------------------------------------------------------------------
+
+
+def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, f_min: float, f_max: float) -> np.ndarray:
+    """HTK-scale triangular filters without normalisation, ``(n_fft // 2 + 1, n_mels)``: what
+    ``torchaudio.functional.melscale_fbanks(..., norm=None, mel_scale="htk")`` returns."""
+    freqs = np.linspace(0, sample_rate // 2, n_fft // 2 + 1)
+    mel = lambda hz: 2595.0 * np.log10(1.0 + hz / 700.0)  # noqa: E731
+    points = 700.0 * (10.0 ** (np.linspace(mel(f_min), mel(f_max), n_mels + 2) / 2595.0) - 1.0)
+    slopes = points[None, :] - freqs[:, None]
+    widths = np.diff(points)
+    down, up = -slopes[:, :-2] / widths[:-1], slopes[:, 2:] / widths[1:]
+    return np.maximum(0.0, np.minimum(down, up))
+
+
+class LogMel:
+    """Log-mel features of 25 ms Hann windows every 10 ms, no edge padding (frame ``t`` covers
+    samples ``[160 t, 160 t + 400)``), mel energies floored at the training dither's noise
+    energy: :class:`asr.features.LogMelFrontend` in eval mode, from the export's settings.
+
+    Shapes: ``(samples,)`` -> ``(frames, n_mels)``, ``frames = 1 + (samples - 400) // 160`` (0 if shorter).
+    """
+
+    def __init__(self, settings: dict) -> None:
+        self.win, self.hop, self.n_fft = settings["win_length"], settings["hop_length"], settings["n_fft"]
+        self.n_mels = settings["n_mels"]
+        window = np.hanning(self.win)  # symmetric, as torch.hann_window(periodic=False)
+        fb = mel_filterbank(self.n_mels, self.n_fft, settings["sample_rate"], settings["f_min"], settings["f_max"])
+        noise = settings["dither"] ** 2 * np.sum(window**2) * fb.sum(axis=0)
+        # float32, as torch computes them: the features agree to rounding (about 1e-4 in the log)
+        self.window, self.fb = window.astype(np.float32), fb.astype(np.float32)
+        self.floor = np.maximum(noise, settings["log_floor"]).astype(np.float32)
+
+    def num_frames(self, samples: int) -> int:
+        return max(0, (samples - self.win) // self.hop + 1)
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        frames = self.num_frames(len(audio))
+        if frames == 0:
+            return np.zeros((0, self.n_mels), np.float32)
+        # a gather of the frames' samples: cheaper than sliding_window_view for a streaming chunk's few frames
+        windows = np.asarray(audio, np.float32)[self.hop * np.arange(frames)[:, None] + np.arange(self.win)]
+        spectrum = np.fft.rfft(windows * self.window, n=self.n_fft)
+        power = spectrum.real**2 + spectrum.imag**2
+        return np.log(np.maximum(power @ self.fb, self.floor))
+
+
+class StreamingLogMel:
+    """:class:`LogMel` on audio arriving in chunks of any size: each call returns the frames
+    whose window is complete, so all calls together give the frames of the whole signal."""
+
+    def __init__(self, frontend: LogMel) -> None:
+        self.frontend = frontend
+        self.tail = np.zeros(0, np.float32)
+
+    def accept_audio(self, chunk: np.ndarray) -> np.ndarray:
+        audio = np.concatenate([self.tail, np.asarray(chunk, np.float32)])
+        frames = self.frontend.num_frames(len(audio))
+        self.tail = audio[frames * self.frontend.hop :]
+        return self.frontend(audio[: (frames - 1) * self.frontend.hop + self.frontend.win] if frames else audio[:0])
+
+
+# --- model and decoding ----------------------------------------------------------------------
+
+
+def greedy_decode(log_probs: np.ndarray, tokens: list[str], blank: int = 0) -> str:
+    """Best path of ``(frames, vocab)`` log-probs: argmax per frame, repeats collapsed, blanks dropped."""
+    best = log_probs.argmax(axis=-1)
+    keep = (best != blank) & (best != np.concatenate([[blank], best[:-1]]))
+    return " ".join("".join(tokens[i] for i in best[keep]).split())
+
+
+def load_audio(path: str | os.PathLike) -> np.ndarray:
+    """A 16 kHz audio file -> mono float32 ``(samples,)`` (channels averaged). The runtime does
+    not resample: convert other rates first (``sox in.wav -r 16000 out.wav``)."""
+    try:
+        audio, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (OSError, soundfile.LibsndfileError) as err:
+        raise ExportDirError(f"{path}: cannot read audio ({err})") from None
+    if rate != 16000:
+        raise ExportDirError(f"{path}: {rate} Hz; the runtime reads 16 kHz audio only (convert it, e.g. sox in -r 16000 out.wav)")
+    return audio.mean(axis=1)
+
+
+class ExportedModel:
+    """An export directory: its settings (``model.json``), frontend and onnxruntime session.
+
+    Args:
+        directory: written by ``asr export --format onnx``.
+        threads: onnxruntime's intra-op threads (1: the small streaming model gains nothing from more).
+    """
+
+    def __init__(self, directory: str | os.PathLike, threads: int = 1) -> None:
+        directory = Path(directory)
+        try:
+            self.meta = json.loads((directory / "model.json").read_text())
+        except (OSError, ValueError):
+            raise ExportDirError(f"{directory}: not an export directory (no readable model.json; see asr export)") from None
+        if not self.meta.get("model_file", "").endswith(".onnx"):
+            raise ExportDirError(f"{directory}: holds a {self.meta.get('model_file')} model; the runtime runs ONNX exports")
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(str(directory / self.meta["model_file"]), options,
+                                                    providers=["CPUExecutionProvider"])
+        self.tokens, self.blank = self.meta["tokens"], self.meta["blank_id"]
+        self.frontend = LogMel(self.meta["frontend"])
+        self.stride = self.meta["time_stride"]
+        self.streaming = self.meta.get("streaming")
+        self.frame_seconds = self.stride * self.frontend.hop / self.meta["frontend"]["sample_rate"]
+
+    def output_frames(self, frames: int) -> int:
+        return -(-frames // self.stride)
+
+    def log_probs(self, feats: np.ndarray) -> np.ndarray:
+        """Features ``(frames, n_mels)`` of one utterance -> log-probs ``(ceil(frames / stride), vocab)``."""
+        if self.streaming is None:
+            out, _ = self.session.run(None, {"feats": feats[None], "lengths": np.array([len(feats)], np.int64)})
+            return out[0]
+        stepper = Stepper(self)
+        return np.concatenate([stepper.step(feats), stepper.flush()])
+
+
+class Stepper:
+    """The exported streaming step driven like :meth:`StreamingGRUCTC.step` / ``flush``: features
+    of any count in, log-probs of the output frames whose look-ahead has arrived out.
+
+    The graph takes fixed chunks of ``chunk_frames``, so features wait here until a chunk is
+    full; its first ``lookahead`` outputs precede the stream and are dropped (asr.export.StreamingStep).
+    """
+
+    def __init__(self, model: ExportedModel) -> None:
+        self.model = model
+        spec = model.streaming
+        self.chunk, self.lookahead = spec["chunk_frames"], spec["lookahead"]
+        self.state = {name: np.zeros(shape, np.float32) for name, shape in spec["state"].items()}
+        self.buffer = np.zeros((0, model.frontend.n_mels), np.float32)
+        self.to_drop = self.lookahead  # outputs still to drop at the start
+        self.frames = 0  # feature frames received
+        self.emitted = 0  # output frames returned
+        self.last_flush: np.ndarray | None = None
+
+    def _run(self, feats: np.ndarray, valid: int) -> np.ndarray:
+        log_probs, self.last_flush, *state = self.model.session.run(
+            None, {"feats": feats[None], "valid": np.array([valid], np.int64), **self.state})
+        self.state = dict(zip(self.state, state))
+        return log_probs[0]
+
+    def _emit(self, log_probs: np.ndarray, limit: int | None = None) -> np.ndarray:
+        drop = min(self.to_drop, len(log_probs))
+        self.to_drop -= drop
+        log_probs = log_probs[drop:]
+        if limit is not None:
+            log_probs = log_probs[: max(0, limit - self.emitted)]
+        self.emitted += len(log_probs)
+        return log_probs
+
+    def step(self, feats: np.ndarray) -> np.ndarray:
+        self.frames += len(feats)
+        self.buffer = np.concatenate([self.buffer, feats])
+        out = []
+        while len(self.buffer) >= self.chunk:
+            out.append(self._emit(self._run(self.buffer[: self.chunk], self.chunk // self.model.stride)))
+            self.buffer = self.buffer[self.chunk :]
+        return np.concatenate(out) if out else np.zeros((0, len(self.model.tokens)), np.float32)
+
+    def flush(self) -> np.ndarray:
+        """The rest of the utterance: the buffered features (the chunk padded with zeros, whose
+        outputs the graph zeroes as ``forward`` does past the end) and the look-ahead's frames."""
+        total = self.model.output_frames(self.frames)
+        pieces = []
+        if len(self.buffer):
+            padded = np.zeros((self.chunk, self.buffer.shape[1]), np.float32)
+            padded[: len(self.buffer)] = self.buffer
+            pieces.append(self._run(padded, self.model.output_frames(len(self.buffer))))
+            self.buffer = self.buffer[:0]
+        if self.last_flush is not None:
+            pieces.append(self.last_flush[0])
+        if not pieces:
+            return np.zeros((0, len(self.model.tokens)), np.float32)
+        return self._emit(np.concatenate(pieces), limit=total)
+
+
+class Transcriber:
+    """Files or waveforms -> text, greedy, with an exported model (offline or streaming: a
+    streaming model is run over the whole utterance, as ``forward``).
+
+    Each recording is one utterance (``asr transcribe`` cuts files longer than 30 s at pauses;
+    this does not). A model trained with silence padding hears half of it on each side, as there.
+    """
+
+    def __init__(self, directory: str | os.PathLike, threads: int = 1) -> None:
+        self.model = ExportedModel(directory, threads)
+
+    def transcribe(self, audio: np.ndarray) -> str:
+        """Mono float32 16 kHz ``(samples,)`` -> text."""
+        edge = self.model.meta["edge_samples"]
+        audio = np.pad(np.asarray(audio, np.float32), (edge, edge))
+        feats = self.model.frontend(audio)
+        if not len(feats):
+            return ""
+        return greedy_decode(self.model.log_probs(feats), self.model.tokens, self.model.blank)
+
+    def transcribe_file(self, path: str | os.PathLike) -> str:
+        return self.transcribe(load_audio(path))
+
+
+# --- streaming with endpointing ----------------------------------------------------------------
+
+
+@dataclass
+class EndpointConfig:
+    """As :class:`asr.streaming.EndpointConfig` (same defaults; a test holds them equal)."""
+
+    trailing_silence: float = 0.8  # seconds of blank output frames after some text end the utterance
+    max_utterance: float = 20.0  # seconds: an utterance this long ends even mid-speech
+    silence_replay: float = 0.3  # seconds re-read after a restart on silence before any text
+
+
+@dataclass
+class Event:
+    kind: str  # "partial" (text so far, when it changed) or "final"
+    text: str
+    utterance: int
+    start: float  # stream seconds where the utterance's audio starts
+    end: float  # stream seconds where the audio of the text's last character ends
+    latency: float  # wall seconds from the arrival of the chunk holding `end` to this event
+
+
+class StreamingRecognizer:
+    """:class:`asr.streaming.Recognizer` with greedy decoding on an exported streaming model:
+    feed chunks of any size with :meth:`accept_audio`, get partial and final :class:`Event` s;
+    :meth:`finish` at the end of the stream. Endpointing, replay of the audio after an endpoint
+    and event times follow that class (its docstring says why), and the finals are the same.
+    A partial can come up to one graph chunk later than there: the exported step runs on whole
+    chunks of ``chunk_frames`` features, where the PyTorch step emits each output frame as soon
+    as its features are in.
+    """
+
+    def __init__(self, directory: str | os.PathLike | ExportedModel, endpoint: EndpointConfig | None = None,
+                 threads: int = 1, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.model = directory if isinstance(directory, ExportedModel) else ExportedModel(directory, threads)
+        if self.model.streaming is None:
+            raise ExportDirError(f"a {self.model.meta['model']} export cannot stream; export a streaming_gru model")
+        self.endpoint = endpoint or EndpointConfig()
+        self.clock = clock
+        self.stride, self.frame_seconds = self.model.stride, self.model.frame_seconds
+        self.hop, self.win = self.model.frontend.hop, self.model.frontend.win
+        self.rate = self.model.meta["frontend"]["sample_rate"]
+        self._replay_frames = round(self.endpoint.silence_replay / self.frame_seconds)
+        self.reset()
+
+    def reset(self) -> None:
+        self.frontend = StreamingLogMel(self.model.frontend)
+        self._samples = 0
+        self._chunks: deque[tuple[int, float]] = deque()
+        self._utterance = 0
+        self._start_utterance(0)
+
+    def _start_utterance(self, first_frame: int) -> None:
+        self._first_frame = first_frame
+        self._stepper = Stepper(self.model)
+        self._pending = np.zeros((0, self.model.frontend.n_mels), np.float32)
+        self._pending_start = 0
+        self._decoded = 0
+        self._last_id = self.model.blank
+        self._text = ""
+        self._text_frame = 0
+        self._blank_run = 0
+        self._partial = ""
+        while self._chunks and self._chunks[0][0] <= first_frame * self.hop:
+            self._chunks.popleft()
+
+    def accept_audio(self, chunk: np.ndarray) -> list[Event]:
+        """Mono float32 16 kHz samples ``(samples,)`` -> the new events, oldest first."""
+        arrival = self.clock()
+        chunk = np.asarray(chunk, np.float32)
+        self._samples += len(chunk)
+        self._chunks.append((self._samples, arrival))
+        return self._run(self.frontend.accept_audio(chunk), last=False)
+
+    def finish(self) -> list[Event]:
+        """End of the stream: decode what the look-ahead held back and finalise; then :meth:`reset`."""
+        events = self._run(self._pending[:0], last=True)
+        self.reset()
+        return events
+
+    def _run(self, feats: np.ndarray, last: bool) -> list[Event]:
+        events: list[Event] = []
+        while True:
+            self._pending = np.concatenate([self._pending, feats])
+            log_probs = self._stepper.step(feats)
+            if last:
+                log_probs = np.concatenate([log_probs, self._stepper.flush()])
+            cut = self._decode(log_probs, events)
+            if cut is None:
+                break
+            back = 0 if self._text else min(self._replay_frames, self._blank_run // 2)
+            start = self.stride * (cut - back) + 1
+            feats = self._pending[start - self._pending_start :]
+            self._utterance += bool(self._text)
+            self._start_utterance(self._first_frame + start)
+        if last:
+            if self._text:
+                events.append(self._event("final"))
+        else:
+            keep = max(0, self.stride * (self._decoded - 1 - self._replay_frames) + 1)
+            self._pending = self._pending[keep - self._pending_start :]
+            self._pending_start = keep
+            if self._text != self._partial:
+                self._partial = self._text
+                events.append(self._event("partial"))
+        return events
+
+    def _decode(self, log_probs: np.ndarray, events: list[Event]) -> int | None:
+        """Greedy CTC over new output frames; returns the frame of an endpoint, or None."""
+        for token in log_probs.argmax(axis=-1).tolist():
+            frame = self._decoded
+            self._decoded += 1
+            if token == self.model.blank:
+                self._blank_run += 1
+            else:
+                self._blank_run = 0
+                if token != self._last_id:
+                    self._text += self.model.tokens[token]
+                    self._text_frame = frame
+            self._last_id = token
+            silence = self._blank_run * self.frame_seconds >= self.endpoint.trailing_silence
+            if silence or self._decoded * self.frame_seconds >= self.endpoint.max_utterance:
+                if self._text:
+                    events.append(self._event("final"))
+                return frame
+        return None
+
+    def _event(self, kind: str) -> Event:
+        end = (self._first_frame + self.stride * self._text_frame) * self.hop + self.win
+        arrival = next((t for chunk_end, t in self._chunks if chunk_end >= end), self._chunks[-1][1])
+        return Event(kind, self._text, self._utterance, self._first_frame * self.hop / self.rate, end / self.rate,
+                     self.clock() - arrival)
+
+
+def stream_audio(recognizer: StreamingRecognizer, audio: np.ndarray, chunk_samples: int) -> str:
+    """Feed ``audio`` in chunks of ``chunk_samples`` as a microphone would; the final texts joined."""
+    finals = []
+    for start in range(0, len(audio), chunk_samples):
+        finals += [e.text for e in recognizer.accept_audio(audio[start : start + chunk_samples]) if e.kind == "final"]
+    finals += [e.text for e in recognizer.finish() if e.kind == "final"]
+    return " ".join(text for text in finals if text)
+
+
+def iter_file_chunks(path: str | os.PathLike, chunk_samples: int) -> Iterator[np.ndarray]:
+    """A 16 kHz file in chunks of ``chunk_samples`` (the last may be shorter), as from a microphone."""
+    audio = load_audio(path)
+    for start in range(0, len(audio), chunk_samples):
+        yield audio[start : start + chunk_samples]
