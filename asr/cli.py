@@ -892,7 +892,7 @@ def _serve(args: argparse.Namespace) -> int:
         except FileNotFoundError as err:
             if args.offline_model:
                 raise
-            print(f"warning: {err}; POST /transcribe is off", file=sys.stderr)
+            print(f"{_prog}: warning: {err}; POST /transcribe is off", file=sys.stderr)
             offline = None
         config = ServeConfig(model=str(model), offline_model=str(offline) if offline else None, host=args.host,
                              port=args.port, max_streams=args.max_streams, max_frame_bytes=args.max_frame_bytes,

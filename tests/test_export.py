@@ -300,7 +300,7 @@ def test_runtime_never_imports_torch(tmp_path):
 
 def test_export_and_runtime_errors_are_one_line(tmp_path):
     done = cli("export", "--model", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "out"))
-    assert done.returncode == 2 and done.stderr.startswith("error: ") and done.stderr.count("\n") == 1
+    assert done.returncode == 2 and done.stderr.startswith("asr export: error: ") and done.stderr.count("\n") == 1
     ckpt = small_offline(tmp_path)
     done = cli("export", "--model", ckpt, "--format", "torchscript", "--quantize", "int8", "--out", str(tmp_path / "o"))
     assert done.returncode == 2 and "int8 is for --format onnx" in done.stderr

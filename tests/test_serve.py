@@ -349,7 +349,7 @@ def test_serve_without_a_model_fails_in_one_line(tmp_path):
                             capture_output=True, text=True, timeout=120)
     lines = result.stderr.splitlines()  # (a warning may say that POST /transcribe has no model)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-    assert lines[-1].startswith("error: ") and "missing.pt" in lines[-1], result.stderr
+    assert lines[-1].startswith("asr serve: error: ") and "missing.pt" in lines[-1], result.stderr
 
 
 # ---------------------------------------------------------------------------------------------
