@@ -11,14 +11,14 @@
 #
 #   ./run.sh [--stage N] [--stop-stage M] [--data DIR] [--exp DIR]
 #
-# Stage 12 (run only when asked: --stage 12) replaces the embedded defaults in asr/pretrained/:
+# Stage 11 (run only when asked: --stage 11) replaces the embedded defaults in asr/pretrained/:
 # a deliberate step, at most once per issue, since the files are committed.
 # SPEECHOCEAN762_ROOT, KEYWORDS_ROOT and FSDD_ROOT override where the corpora are read from
 # (default: ../shared/data/<corpus> beside the repository). Stages are idempotent (.done
 # markers); an interrupted training resumes from its last.pt.
 set -euo pipefail
 cd "$(dirname "$0")"
-default_stop_stage=11
+default_stop_stage=10
 source ../shared/stages.sh
 $quick && { echo "error: this recipe has no --quick mode; the other recipes' quick runs test its stages" >&2; exit 2; }
 
@@ -28,7 +28,7 @@ synthetic=../synthetic/data/default
 # training mixture: speechocean762 and the keyword clips at three speeds, FSDD's digits, the synthetic corpus
 train_manifests=$data/speechocean762/train.jsonl,$data/keywords/train.jsonl,$data/fsdd/train.jsonl,$synthetic/train.jsonl
 tests="speechocean762 fsdd keywords synthetic"
-tune_grid="--lm-weights 1.0 1.5 2.0 --word-scores 0 1 2.5 --sample 150"
+tune_grid="--lm-weights 0.5 0.75 1.0 1.5 --word-scores 0 1 2.5 --sample 150"
 mkdir -p "$data" "$exp"
 
 # Each corpus in its own folder; Ogg Opus decoded once to FLAC (speed-perturbed copies of the
