@@ -55,18 +55,6 @@ CONFIGS = {"offline": ROOT / "recipes/synthetic/conf/blstm_ctc.yaml",
 ROWS = ("PyTorch fp32", "ONNX fp32", "ONNX int8", "TorchScript")
 
 
-def speech_like(seconds: float, seed: int = 0) -> torch.Tensor:
-    """Noise bursts of word-like lengths with pauses: the cost does not depend on the words."""
-    g = torch.Generator().manual_seed(seed)
-    audio = 0.01 * torch.randn(int(seconds * SAMPLE_RATE), generator=g)
-    start = 0
-    while start < len(audio):
-        length = int(torch.randint(3000, 12000, (1,), generator=g))
-        audio[start : start + length] *= 20
-        start += length + int(torch.randint(1000, 8000, (1,), generator=g))
-    return audio
-
-
 def random_checkpoint(kind: str, path: Path) -> Path:
     config = yaml.safe_load(CONFIGS[kind].read_text())
     torch.manual_seed(0)
@@ -217,6 +205,7 @@ import torch; torch.set_num_threads(1)
 m = torch.jit.load({model!r} + "/model.ts")
 from asr.features import LogMelFrontend
 from asr.audio import load_audio
+from bench_streaming import speech_like  # tools/ is on sys.path when a tool runs as a script
 with torch.inference_mode():
     m(*LogMelFrontend(80, 1e-4).eval()(load_audio({wav!r})[None]))
 print("first", time.process_time(), flush=True)

@@ -42,18 +42,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import numpy as np
 import torch
-
-
-def speech_like(seconds: float, seed: int = 0) -> torch.Tensor:
-    """Noise bursts of word-like lengths with pauses (as tools/bench_streaming.py)."""
-    g = torch.Generator().manual_seed(seed)
-    audio = 0.01 * torch.randn(int(seconds * 16000), generator=g)
-    start = 0
-    while start < len(audio):
-        length = int(torch.randint(3000, 12000, (1,), generator=g))
-        audio[start : start + length] *= 20
-        start += length + int(torch.randint(1000, 8000, (1,), generator=g))
-    return audio
+from bench_streaming import speech_like  # tools/ is on sys.path when a tool runs as a script
 
 
 def random_model(path: str) -> None:
