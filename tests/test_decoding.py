@@ -437,7 +437,8 @@ def test_a_model_without_flashlight_falls_back_to_greedy(tiny_checkpoint, tmp_pa
     ckpt = load_checkpoint(tiny_checkpoint.path)
     lexicon_only = read_language_model(None, tmp_path / "lexicon.txt")
     write_checkpoint(tmp_path / "attached.pt", dataclasses.replace(ckpt, language_model=lexicon_only))
-    assert Transcriber(tmp_path / "attached.pt").transcribe_audio(tiny_checkpoint.audio[0]).text == "CAT"
+    # the lexicon search ran: it can say nothing but its one word (how often depends on the model)
+    assert set(Transcriber(tmp_path / "attached.pt").transcribe_audio(tiny_checkpoint.audio[0]).text.split()) == {"CAT"}
     monkeypatch.setitem(sys.modules, "flashlight.lib.text.decoder", None)  # import now fails
     transcriber = Transcriber(tmp_path / "attached.pt")
     assert transcriber.transcribe_audio(tiny_checkpoint.audio[0]).text == tiny_checkpoint.sentences[0].upper()
