@@ -92,12 +92,6 @@ def _unpack_language_model(packed: dict | None) -> LanguageModel | None:
     return LanguageModel(**texts, lm_weight=packed["lm_weight"], word_score=packed["word_score"])
 
 
-def _write(path: str | os.PathLike, payload: dict) -> None:
-    """All or nothing (asr.fileio.save_torch: a temporary file beside it, fsync, rename), and a
-    full disk reported as such."""
-    save_torch(payload, path)
-
-
 def save_checkpoint(
     path: str | os.PathLike,
     model: nn.Module,
@@ -116,7 +110,7 @@ def save_checkpoint(
 
 def write_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
     """Write a :class:`Checkpoint` (loaded, averaged or compacted) to a file, atomically."""
-    _write(path, {
+    save_torch({
         "format": FORMAT,
         "model": {"name": ckpt.model_name, "config": ckpt.model_config},
         "tokenizer": ckpt.tokenizer.state_dict(),
@@ -124,7 +118,7 @@ def write_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
         "metadata": ckpt.metadata,
         "trainer_state": ckpt.trainer_state,
         "language_model": _pack_language_model(ckpt.language_model),
-    })
+    }, path)  # all or nothing: a temporary file beside it, fsync, rename
 
 
 def compact_checkpoint(ckpt: Checkpoint, provenance: dict[str, Any] | None = None) -> Checkpoint:
