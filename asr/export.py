@@ -14,9 +14,10 @@ log-probs ``(batch, frames', vocab)`` + lengths, as ``forward``; both axes are d
 The streaming model is exported as its step function over a fixed chunk of ``chunk_frames``
 feature frames (a multiple of the time stride): the convolution caches, GRU state and
 look-ahead buffer are explicit inputs and outputs that the caller carries from chunk to
-chunk (:class:`StreamingStep`). A fixed chunk lets the recurrence be unrolled into plain
-matrix products, which onnxruntime's dynamic quantization turns into int8 ones (it has no
-int8 GRU); the input projection of all a chunk's frames is one product.
+chunk (:class:`StreamingStep`). In fp32 each GRU layer is ONNX's GRU op; for int8 the fixed
+chunk lets the recurrence be unrolled into plain matrix products, which onnxruntime's dynamic
+quantization turns into int8 ones (it has no int8 GRU); the input projection of all a chunk's
+frames is one product.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class StreamingStep(nn.Module):
     ``valid`` are zeroed, as ``forward`` zeroes them past the end of an utterance.
     """
 
-    def __init__(self, model: StreamingGRUCTC, chunk_frames: int) -> None:
+    def __init__(self, model: StreamingGRUCTC, chunk_frames: int, unroll: bool = False) -> None:
         super().__init__()
         config = model.config
         if chunk_frames <= 0 or chunk_frames % config.time_stride:
@@ -72,6 +73,16 @@ class StreamingStep(nn.Module):
         self.model = model
         self.chunk_frames = chunk_frames
         self.outputs = chunk_frames // config.time_stride
+        self.unroll = unroll
+        # one single-layer GRU per layer (ONNX's GRU op), sharing the model's weights, so that
+        # each layer's output passes through its layer norm before the next
+        gru = model.gru
+        self.layers = nn.ModuleList()
+        for layer in range(gru.num_layers):
+            single = nn.GRU(gru.input_size if layer == 0 else gru.hidden_size, gru.hidden_size)  # (frames, 1, size)
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                setattr(single, f"{name}_l0", getattr(gru, f"{name}_l{layer}"))
+            self.layers.append(single)
 
     def state_shapes(self) -> dict[str, list[int]]:
         config, sub = self.model.config, self.model.subsampling
@@ -105,8 +116,21 @@ class StreamingStep(nn.Module):
         return log_probs, flush, caches[0], caches[1], torch.stack(states), new_row
 
     def _gru_layer(self, x: torch.Tensor, h: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One GRU layer over ``(frames, input)`` from state ``(1, hidden)``, unrolled (gates in
-        PyTorch's order r, z, n), then the model's layer norm and residual if it has them."""
+        """One GRU layer over ``(frames, input)`` from state ``(1, hidden)``, then the model's
+        layer norm and residual if it has them."""
+        if self.unroll:
+            y, h = self._unrolled_gru(x, h, layer)
+        else:
+            y, h = self.layers[layer](x[:, None], h[None])
+            y, h = y[:, 0], h[0]
+        if self.model.norms is not None:
+            y = self.model.norms[layer](y + x if y.shape == x.shape else y)
+        return y, h
+
+    def _unrolled_gru(self, x: torch.Tensor, h: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The GRU layer as plain matrix products, frame by frame (gates in PyTorch's order r, z, n):
+        what onnxruntime's dynamic quantization can make int8 (it has no int8 GRU; its fp32 GRU
+        kernel is faster than these products)."""
         gru, size = self.model.gru, self.model.gru.hidden_size
         # transposed once per layer, not per frame: ONNX's constant folding then stores each once
         w_ih, w_hh = getattr(gru, f"weight_ih_l{layer}").t(), getattr(gru, f"weight_hh_l{layer}").t()
@@ -121,10 +145,7 @@ class StreamingStep(nn.Module):
             n = torch.tanh(x_n + r * h_n)
             h = n + z * (h - n)  # (1 - z) n + z h
             outputs.append(h)
-        y = torch.cat(outputs)
-        if self.model.norms is not None:
-            y = self.model.norms[layer](y + x if y.shape == x.shape else y)
-        return y, h
+        return torch.cat(outputs), h
 
 
 STEP_INPUTS = ["feats", "valid", "conv1", "conv2", "hidden", "row"]
@@ -167,7 +188,7 @@ def export_checkpoint(checkpoint: str | os.PathLike | Checkpoint, out_dir: str |
     with torch.no_grad():
         if isinstance(model, StreamingGRUCTC):
             frames = config.chunk_ms // 10
-            step = StreamingStep(model, frames).eval()
+            step = StreamingStep(model, frames, unroll=config.quantize == "int8").eval()
             shapes = step.state_shapes()
             meta["streaming"] = {"chunk_frames": frames, "lookahead": model.config.lookahead, "state": shapes,
                                  "inputs": STEP_INPUTS, "outputs": STEP_OUTPUTS}

@@ -69,6 +69,7 @@ class LogMel:
         # float32, as torch computes them: the features agree to rounding (about 1e-4 in the log)
         self.window, self.fb = window.astype(np.float32), fb.astype(np.float32)
         self.floor = np.maximum(noise, settings["log_floor"]).astype(np.float32)
+        self._frame_index: dict[int, np.ndarray] = {}
 
     def num_frames(self, samples: int) -> int:
         return max(0, (samples - self.win) // self.hop + 1)
@@ -77,11 +78,16 @@ class LogMel:
         frames = self.num_frames(len(audio))
         if frames == 0:
             return np.zeros((0, self.n_mels), np.float32)
-        # a gather of the frames' samples: cheaper than sliding_window_view for a streaming chunk's few frames
-        windows = np.asarray(audio, np.float32)[self.hop * np.arange(frames)[:, None] + np.arange(self.win)]
-        spectrum = np.fft.rfft(windows * self.window, n=self.n_fft)
+        # a gather of the frames' samples: cheaper than sliding_window_view for a streaming chunk's
+        # few frames; a stream asks for the same few frame counts again and again
+        if (index := self._frame_index.get(frames)) is None:
+            index = self._frame_index[frames] = self.hop * np.arange(frames)[:, None] + np.arange(self.win)
+        windows = np.asarray(audio, np.float32)[index]
+        windows *= self.window
+        spectrum = np.fft.rfft(windows, n=self.n_fft)
         power = spectrum.real**2 + spectrum.imag**2
-        return np.log(np.maximum(power @ self.fb, self.floor))
+        mel = power.astype(np.float32, copy=False) @ self.fb
+        return np.log(np.maximum(mel, self.floor, out=mel), out=mel)
 
 
 class StreamingLogMel:

@@ -146,6 +146,19 @@ def test_streaming_step_rejects_a_chunk_off_the_stride(tmp_path):
         StreamingStep(model, 6)
 
 
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_unrolled_step_equals_the_gru_op_step(tmp_path, layer_norm):
+    """The int8 export's unrolled recurrence computes what the fp32 export's GRU op does."""
+    model = load_checkpoint(small_streaming(tmp_path, layer_norm=layer_norm)).build_model().eval()
+    steps = [StreamingStep(model, 8, unroll=unroll).eval() for unroll in (False, True)]
+    state = {name: torch.randn(shape) * 0.5 for name, shape in steps[0].state_shapes().items()}
+    feats = torch.randn(1, 8, model.config.n_mels)
+    with torch.no_grad():
+        outputs = [step(feats, torch.tensor([2]), *state.values()) for step in steps]
+    for gru_op, unrolled in zip(*outputs):
+        assert (gru_op - unrolled).abs().max() <= 1e-5
+
+
 @requires_espeak
 def test_exported_models_equal_pytorch_on_test_utterances(tiny_checkpoint, tiny_streaming_checkpoint, tmp_path):
     """The trained tiny fixtures on an utterance they were trained on and one they were not."""
