@@ -16,12 +16,14 @@ independent clients are) and then the end message. Columns:
   grows, the machine is too busy for the measurement to mean much).
 
     python tools/bench_serve.py                           # embedded model (else random weights), greedy
+    python tools/bench_serve.py --lm                      # the embedded model's own word-LM search
     python tools/bench_serve.py --streams 1 4 --seconds 10
     python tools/bench_serve.py --model exp/streaming.pt --audio speech.flac --lm   # the model's own LM search
 
 Without ``--model`` it uses the embedded streaming model, or, where the package has none yet,
 a model of the recipes' size (3 x 320 GRU with layer norm) with random weights: its compute is
-the same (greedy); with the LM, what the search costs depends on real speech (``--audio``).
+the same (greedy). A trained model streams real speech: the bundled sample clips, looped (or
+``--audio``), since what the LM search costs depends on it; random weights stream speech-like noise.
 """
 
 from __future__ import annotations
@@ -130,7 +132,8 @@ async def run_level(url: str, pid: int, pcm: bytes, k: int, chunk_bytes: int, se
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", help="streaming checkpoint (default: the embedded one, else random weights)")
-    parser.add_argument("--audio", help="speech to stream (default: speech-like noise bursts)")
+    parser.add_argument("--audio", help="speech to stream, looped to --seconds (default: the bundled sample clips, "
+                                        "0.3 s apart; with random weights, speech-like noise bursts)")
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8, 16, 32], metavar="K")
     parser.add_argument("--seconds", type=float, default=20.0, help="audio per stream (default: 20)")
     parser.add_argument("--chunk-ms", type=int, default=80, help="frame length the clients send (default: 80)")
@@ -140,8 +143,8 @@ def main() -> int:
                         help="a stream whose last final comes later than this after its audio fell behind (default: 1)")
     args = parser.parse_args()
 
-    from asr.audio import load_audio
-    from asr.pretrained import default_model
+    from asr.audio import SAMPLE_RATE, load_audio
+    from asr.pretrained import SAMPLES_DIR, default_model
 
     workdir = tempfile.mkdtemp(prefix="bench-serve-")
     model, label = args.model, args.model
@@ -151,7 +154,13 @@ def main() -> int:
         except FileNotFoundError:
             model, label = os.path.join(workdir, "random.pt"), "random weights, 3 x 320 GRU + layer norm (no embedded model)"
             random_model(model)
-    audio = load_audio(args.audio) if args.audio else speech_like(args.seconds)
+    if args.audio:
+        audio = load_audio(args.audio)
+    elif label == model:  # a trained model: real speech, since it says nothing, and its LM does nothing, on noise
+        audio = torch.cat([torch.cat([load_audio(clip), torch.zeros(SAMPLE_RATE * 3 // 10)])
+                           for clip in sorted(SAMPLES_DIR.glob("*.ogg"))])
+    else:
+        audio = speech_like(args.seconds)
     audio = audio.repeat(int(np.ceil(args.seconds * 16000 / len(audio))))[: int(args.seconds * 16000)]
     pcm = (audio.clamp(-1, 1) * 32767).numpy().astype("<i2").tobytes()
     chunk_bytes = args.chunk_ms * 16 * 2
