@@ -100,29 +100,31 @@ class StreamingStep(nn.Module):
             # a chunk that is a multiple of the strides consumes all but the last KERNEL - 1 frames
             caches.append(x[:, :, x.shape[2] - (KERNEL - 1) :])
             x = torch.relu(conv(x))
-        x = model.subsampling._flatten(x)[0]  # (frames', out_dim)
+        # (frames', 1, out_dim) through the GRU layers: the layout of ONNX's GRU op, so that no
+        # reshaping sits between them (each small node costs a streaming step time)
+        x = model.subsampling._flatten(x).transpose(0, 1)
         states = []
         for layer in range(model.gru.num_layers):
-            x, h = self._gru_layer(x, hidden[layer], layer)
+            x, h = self._gru_layer(x, hidden[layer : layer + 1], layer)
             states.append(h)
-        mask = (torch.arange(self.outputs) < valid).to(x.dtype)[:, None]
-        x = (x * mask)[None]  # (1, frames', hidden)
+        mask = (torch.arange(self.outputs) < valid).to(x.dtype)[:, None, None]
+        x = (x * mask).transpose(0, 1)  # (1, frames', hidden)
         x = torch.cat([row, x], dim=1)
         look = model.config.lookahead
         new_row = x[:, x.shape[1] - look :]
         log_probs = model.output(model.lookahead.conv(x.transpose(1, 2)).transpose(1, 2)).log_softmax(dim=-1)
         tail = torch.cat([new_row, torch.zeros_like(new_row)], dim=1)
         flush = model.output(model.lookahead.conv(tail.transpose(1, 2)).transpose(1, 2)[:, :look]).log_softmax(dim=-1)
-        return log_probs, flush, caches[0], caches[1], torch.stack(states), new_row
+        return log_probs, flush, caches[0], caches[1], torch.cat(states), new_row
 
     def _gru_layer(self, x: torch.Tensor, h: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One GRU layer over ``(frames, input)`` from state ``(1, hidden)``, then the model's
-        layer norm and residual if it has them."""
+        """One GRU layer over ``(frames, 1, input)`` from state ``(1, 1, hidden)``, then the
+        model's layer norm and residual if it has them."""
         if self.unroll:
-            y, h = self._unrolled_gru(x, h, layer)
+            y, h = self._unrolled_gru(x[:, 0], h[0], layer)
+            y, h = y[:, None], h[None]
         else:
-            y, h = self.layers[layer](x[:, None], h[None])
-            y, h = y[:, 0], h[0]
+            y, h = self.layers[layer](x, h)
         if self.model.norms is not None:
             y = self.model.norms[layer](y + x if y.shape == x.shape else y)
         return y, h
