@@ -95,6 +95,8 @@ def _open(path: str | os.PathLike) -> sf.SoundFile:
         raise AudioError(f"{path}: cannot read audio: {err.strerror or err}") from None
     if handle.format == "WAV":
         _check_wav_size(path, handle)
+    elif handle.format == "OGG":
+        _check_ogg_end(path, handle)
     return handle
 
 
@@ -110,6 +112,28 @@ def _check_wav_size(path: Path, handle: sf.SoundFile) -> None:
                 f"{path}: truncated file (header declares {declared} bytes, "
                 f"file has {path.stat().st_size})"
             )
+
+
+OGG_MAX_PAGE = 27 + 255 + 255 * 255  # header, segment table, payload
+
+
+def _check_ogg_end(path: Path, handle: sf.SoundFile) -> None:
+    """libsndfile decodes a truncated Ogg Opus stream up to the cut and reports no error (its
+    header gives no length to hold it to). A whole stream ends with a page that carries the
+    end-of-stream flag and ends the file: look for it in the last page's reach."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(0, size - OGG_MAX_PAGE))
+        tail = f.read()
+    at = len(tail)
+    while (at := tail.rfind(b"OggS", 0, at)) >= 0:  # "OggS" may also occur inside a payload
+        header = tail[at : at + 27]
+        if len(header) == 27 and header[5] & 0x04:
+            segments = tail[at + 27 : at + 27 + header[26]]
+            if len(segments) == header[26] and at + 27 + len(segments) + sum(segments) == len(tail):
+                return
+    handle.close()
+    raise AudioError(f"{path}: truncated file (its Ogg stream has no end page)")
 
 
 def _read(handle: sf.SoundFile, path: Path, frames: int = -1) -> np.ndarray:

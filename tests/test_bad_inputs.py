@@ -69,7 +69,8 @@ def files(tmp_path_factory) -> dict[str, Path]:
     write("good.flac", speech, format="FLAC", subtype="PCM_16")
     write("good.ogg", speech, format="OGG", subtype="VORBIS")
     write("good.mp3", tone(3.0), format="MP3", subtype="MPEG_LAYER_III")
-    for name in ("wav", "flac", "ogg", "mp3"):
+    write("good.opus", tone(4.0), format="OGG", subtype="OPUS")  # long enough for several Ogg pages
+    for name in ("wav", "flac", "ogg", "mp3", "opus"):
         f[f"truncated.{name}"] = truncated(root / f"truncated.{name}", f[f"good.{name}"])
         f[f"garbage.{name}"] = root / f"garbage.{name}"
         f[f"garbage.{name}"].write_bytes(rng.bytes(4000))
@@ -216,6 +217,9 @@ CASES = [
          cannot_read("truncated.flac", r"truncated or corrupt \(flac decoder lost sync\)")),
     Case("truncated OGG", [*TRANSCRIBE, "{truncated.ogg}"], 1,
          cannot_read("truncated.ogg", r"cannot read audio: malformed audio file \(truncated or corrupt\)")),
+    # libsndfile decodes a cut Opus stream to the cut without an error: refused, not half transcribed
+    Case("truncated Opus", [*TRANSCRIBE, "{truncated.opus}"], 1,
+         cannot_read("truncated.opus", r"truncated file \(its Ogg stream has no end page\)")),
     # refused, not half transcribed, and mpg123's resync notes stay off the terminal
     Case("truncated MP3", [*TRANSCRIBE, "{truncated.mp3}"], 1,
          cannot_read("truncated.mp3", r"truncated file \(\d+ of \d+ frames readable\)")),
