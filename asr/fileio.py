@@ -17,6 +17,15 @@ from pathlib import Path
 from typing import IO
 
 
+def _create_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_CREATE_MODE = _create_mode()  # what open() gives a new file: 0666 less the umask (read at import)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8",
                  newline: str | None = None) -> Iterator[IO]:
@@ -31,6 +40,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
                        newline=None if "b" in mode else newline) as f:
             yield f
             f.flush()
+            os.fchmod(f.fileno(), _CREATE_MODE)  # mkstemp's 0600 would hide it from other users
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:
