@@ -127,12 +127,13 @@ class Recognizer:
         self.reset()
 
     def new_session(self) -> Recognizer:
-        """Another session on this one's model and decoding, starting afresh: the weights are
-        shared (only read, so sessions may run in different threads), the frontend's samples
-        and the search (with its own copy of the LM) are its own. For a server's streams."""
+        """Another session on this one's model and decoding, starting afresh: the weights and
+        the word LM's tables are shared (only read, so sessions may run in different threads),
+        the frontend's samples and the search are its own. For a server's streams."""
         session = copy.copy(self)
         session.frontend = StreamingLogMel(self.frontend.n_mels, self.frontend.frontend.dither).to(self.device)
-        session.beam_decoder = self._new_decoder()
+        decoder = self.beam_decoder
+        session.beam_decoder = decoder.fork() if decoder is not None and decoder.can_fork else self._new_decoder()
         session.reset()
         return session
 

@@ -146,6 +146,30 @@ def test_lexicon_free_score_is_acoustic_plus_exact_lm_score(lm):
 
 
 @requires_flashlight
+def test_forked_decoders_share_the_lm_and_search_apart(lm, lexicon):
+    """A server's streams: forks interleaved frame by frame find what one decoder finds alone."""
+    log_probs, lengths = ambiguous()
+    utterances = [log_probs[0], torch.cat([log_probs[0], frames(spelled(" ON THE MAT"))])]
+    for options in (BeamSearchOptions(), BeamSearchOptions(lm=lm, lm_weight=1.5, word_score=0.7)):
+        decoder = BeamSearchDecoder(TOK, options)
+        alone = [decoder.decode(u[None], torch.tensor([len(u)]))[0] for u in utterances]
+        forks = [decoder.fork(), decoder.fork()]
+        if options.lm is not None:
+            assert forks[0]._word_lm._tables is decoder._word_lm._tables  # loaded once
+        for fork in forks:
+            fork.begin()
+        for t in range(len(utterances[1])):
+            for fork, utterance in zip(forks, utterances):
+                fork.step(utterance[t : t + 1])
+        for fork, expected in zip(forks, alone):
+            got = fork.end()
+            assert (got.text, got.tokens, got.frames) == (expected.text, expected.tokens, expected.frames)
+            assert got.score == pytest.approx(expected.score)
+    with pytest.raises(ValueError, match="cannot be forked"):
+        BeamSearchDecoder(TOK, BeamSearchOptions(lm=lm, lexicon=lexicon)).fork()
+
+
+@requires_flashlight
 def test_lexicon_free_lm_still_spells_unseen_words(lm):
     log_probs, lengths = batch(frames(spelled("THE ZEBRA SAT")))
     (hyp,) = BeamSearchDecoder(TOK, BeamSearchOptions(lm=lm)).decode(log_probs, lengths)
