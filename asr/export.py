@@ -38,6 +38,7 @@ from asr.features import F_MAX, F_MIN, HOP_LENGTH, LOG_FLOOR, N_FFT, WIN_LENGTH
 from asr.models.streaming_gru import KERNEL, StreamingGRUCTC
 
 FORMATS = ("onnx", "torchscript")
+EXPORT_FORMAT = "asr-export-2"  # model.json's "format": asr.runtime.EXPORT_FORMAT (a test holds them equal)
 OPSET = 17
 
 
@@ -56,13 +57,15 @@ class StreamingStep(nn.Module):
     state: ``conv1`` ``(1, 1, 2, n_mels)``, ``conv2`` ``(1, channels, 2, bins)``, ``hidden``
     ``(layers, 1, hidden)``, ``row`` ``(1, lookahead, hidden)``, all zeros at the start.
 
-    Outputs: ``log_probs`` ``(1, chunk_frames // stride, vocab)``, ``flush`` ``(1, lookahead, vocab)``
-    and the new state. The look-ahead buffer starts as ``lookahead`` zero frames instead of none,
-    so the first ``lookahead`` output frames of a stream are not the utterance's and the caller
-    drops them; from then on output frame ``k`` is stream frame ``k - lookahead``. ``flush`` is
-    what :meth:`StreamingGRUCTC.flush` would give on the new state (the frames still waiting for
-    their look-ahead, with a future of zeros), for use after the last chunk. GRU outputs past
-    ``valid`` are zeroed, as ``forward`` zeroes them past the end of an utterance.
+    Outputs: ``log_probs`` ``(1, chunk_frames // stride, vocab)`` and the new state. The
+    look-ahead buffer starts as ``lookahead`` zero frames instead of none, so the first
+    ``lookahead`` output frames of a stream are not the utterance's and the caller drops them;
+    from then on output frame ``k`` is stream frame ``k - lookahead``. GRU outputs past ``valid``
+    are zeroed, as ``forward`` zeroes them past the end of an utterance; so after the last chunk,
+    steps with ``valid`` 0 give, in their first ``lookahead`` outputs, what
+    :meth:`StreamingGRUCTC.flush` gives: the frames still waiting for their look-ahead, with a
+    future of zeros (one step, or more where a chunk has fewer outputs than the look-ahead). A
+    flush output computed at every step would cost 9% of the step.
     """
 
     def __init__(self, model: StreamingGRUCTC, chunk_frames: int, unroll: bool = False) -> None:
@@ -113,9 +116,7 @@ class StreamingStep(nn.Module):
         look = model.config.lookahead
         new_row = x[:, x.shape[1] - look :]
         log_probs = model.output(model.lookahead.conv(x.transpose(1, 2)).transpose(1, 2)).log_softmax(dim=-1)
-        tail = torch.cat([new_row, torch.zeros_like(new_row)], dim=1)
-        flush = model.output(model.lookahead.conv(tail.transpose(1, 2)).transpose(1, 2)[:, :look]).log_softmax(dim=-1)
-        return log_probs, flush, caches[0], caches[1], torch.cat(states), new_row
+        return log_probs, caches[0], caches[1], torch.cat(states), new_row
 
     def _gru_layer(self, x: torch.Tensor, h: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One GRU layer over ``(frames, 1, input)`` from state ``(1, 1, hidden)``, then the
@@ -151,7 +152,7 @@ class StreamingStep(nn.Module):
 
 
 STEP_INPUTS = ["feats", "valid", "conv1", "conv2", "hidden", "row"]
-STEP_OUTPUTS = ["log_probs", "flush", "conv1_out", "conv2_out", "hidden_out", "row_out"]
+STEP_OUTPUTS = ["log_probs", "conv1_out", "conv2_out", "hidden_out", "row_out"]
 
 
 def initial_state(shapes: dict[str, list[int]]) -> dict[str, torch.Tensor]:
@@ -174,7 +175,7 @@ def export_checkpoint(checkpoint: str | os.PathLike | Checkpoint, out_dir: str |
     out.mkdir(parents=True, exist_ok=True)
     training = ckpt.training_config
     meta = {
-        "format": "asr-export-1",
+        "format": EXPORT_FORMAT,
         "model": ckpt.model_name,
         "model_file": "model.onnx" if config.format == "onnx" else "model.ts",
         "quantize": config.quantize,

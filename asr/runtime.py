@@ -33,6 +33,9 @@ import onnxruntime
 import soundfile
 
 
+EXPORT_FORMAT = "asr-export-2"  # the model.json this runtime reads (asr.export writes it)
+
+
 class ExportDirError(ValueError):
     """An export directory or input the runtime cannot use (one-line message)."""
 
@@ -141,6 +144,9 @@ class ExportedModel:
             self.meta = json.loads((directory / "model.json").read_text())
         except (OSError, ValueError):
             raise ExportDirError(f"{directory}: not an export directory (no readable model.json; see asr export)") from None
+        if self.meta.get("format") != EXPORT_FORMAT:
+            raise ExportDirError(f"{directory}: an export of format {self.meta.get('format')!r}; this runtime reads "
+                                 f"{EXPORT_FORMAT!r}: export the checkpoint again with this version of asr")
         if not self.meta.get("model_file", "").endswith(".onnx"):
             raise ExportDirError(f"{directory}: holds a {self.meta.get('model_file')} model; the runtime runs ONNX exports")
         options = onnxruntime.SessionOptions()
@@ -183,10 +189,11 @@ class Stepper:
         self.to_drop = self.lookahead  # outputs still to drop at the start
         self.frames = 0  # feature frames received
         self.emitted = 0  # output frames returned
-        self.last_flush: np.ndarray | None = None
+        self.ran = False  # whether the graph has run (a flush has frames to give)
 
     def _run(self, feats: np.ndarray, valid: int) -> np.ndarray:
-        log_probs, self.last_flush, *state = self.model.session.run(
+        self.ran = True
+        log_probs, *state = self.model.session.run(
             None, {"feats": feats[None], "valid": np.array([valid], np.int64), **self.state})
         self.state = dict(zip(self.state, state))
         return log_probs[0]
@@ -211,18 +218,18 @@ class Stepper:
 
     def flush(self) -> np.ndarray:
         """The rest of the utterance: the buffered features (the chunk padded with zeros, whose
-        outputs the graph zeroes as ``forward`` does past the end) and the look-ahead's frames."""
-        total = self.model.output_frames(self.frames)
-        pieces = []
-        if len(self.buffer):
-            padded = np.zeros((self.chunk, self.buffer.shape[1]), np.float32)
-            padded[: len(self.buffer)] = self.buffer
-            pieces.append(self._run(padded, self.model.output_frames(len(self.buffer))))
-            self.buffer = self.buffer[:0]
-        if self.last_flush is not None:
-            pieces.append(self.last_flush[0])
-        if not pieces:
+        outputs the graph zeroes as ``forward`` does past the end), then chunks with no valid
+        frame, which give the frames still waiting for their look-ahead."""
+        if not self.ran and not len(self.buffer):
             return np.zeros((0, len(self.model.tokens)), np.float32)
+        total = self.model.output_frames(self.frames)
+        padded = np.zeros((self.chunk, self.model.frontend.n_mels), np.float32)
+        padded[: len(self.buffer)] = self.buffer
+        pieces = [self._run(padded, self.model.output_frames(len(self.buffer)))] if len(self.buffer) else []
+        self.buffer = self.buffer[:0]
+        per_chunk = self.chunk // self.model.stride
+        for _ in range(-(-self.lookahead // per_chunk)):  # a chunk shorter than the look-ahead takes more
+            pieces.append(self._run(np.zeros_like(padded), 0))
         return self._emit(np.concatenate(pieces), limit=total)
 
 

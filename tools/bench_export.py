@@ -97,7 +97,7 @@ def torchscript_stream(directory: Path, audio: torch.Tensor, chunk: int) -> str:
         for start in range(0, len(audio), chunk):
             buffer = torch.cat([buffer, frontend.accept_audio(audio[start : start + chunk])], dim=1)
             while buffer.shape[1] >= spec["chunk_frames"]:
-                log_probs, _, *state = step(buffer[:, : spec["chunk_frames"]], valid, *state)
+                log_probs, *state = step(buffer[:, : spec["chunk_frames"]], valid, *state)
                 buffer = buffer[:, spec["chunk_frames"] :]
                 best += log_probs[0].argmax(-1).tolist()
     return "".join(meta["tokens"][t] for t in best if t)
@@ -153,9 +153,12 @@ def max_difference(kind: str, row: str, ckpt: Path, dirs: dict[str, Path], audio
                 chunk = feats[:, start : start + size]
                 valid = torch.tensor([-(-chunk.shape[1] // stride)])
                 chunk = torch.nn.functional.pad(chunk, (0, 0, 0, size - chunk.shape[1]))
-                log_probs, flush, *state = step(chunk, valid, *state)
+                log_probs, *state = step(chunk, valid, *state)
                 outputs.append(log_probs[0])
-            got = torch.cat([*outputs, flush[0]])[spec["lookahead"] :][: len(expected)]
+            for _ in range(-(-spec["lookahead"] // (size // stride))):  # the look-ahead's frames, as asr.runtime
+                log_probs, *state = step(torch.zeros_like(chunk), torch.tensor([0]), *state)
+                outputs.append(log_probs[0])
+            got = torch.cat(outputs)[spec["lookahead"] :][: len(expected)]
     return float((got - expected).abs().max())
 
 
