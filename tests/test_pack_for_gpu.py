@@ -76,3 +76,20 @@ def test_a_tiny_pack_refuses_to_exceed_its_budget_and_loads_from_anywhere(tmp_pa
         assert not Path(json.loads((Path(moved) / f"{name}.jsonl").read_text().splitlines()[0])["audio"]).is_absolute()
         audio = load_audio(packed[0]["audio"])
         assert abs(len(audio) - 16000) < 400 and audio.abs().max() > 0.1
+
+
+def test_the_padding_after_opus_tags_is_stripped_and_the_audio_is_unchanged():
+    import io
+
+    import soundfile as sf
+
+    from pack_for_gpu import strip_tag_padding
+
+    audio = (0.3 * np.sin(np.arange(8000) * 0.1)).astype("float32")
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, 16000, format="OGG", subtype="OPUS", compression_level=0.976)
+    padded = buffer.getvalue()
+    stripped = strip_tag_padding(padded)
+    assert len(padded) - len(stripped) > 500  # libsndfile's zeros, most of a short clip's file
+    assert np.array_equal(sf.read(io.BytesIO(padded))[0], sf.read(io.BytesIO(stripped))[0])
+    assert strip_tag_padding(stripped) == stripped and strip_tag_padding(b"RIFF" + bytes(60)) == b"RIFF" + bytes(60)

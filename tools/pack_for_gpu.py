@@ -86,13 +86,56 @@ def compression_level(kbps: float) -> float:
     return min(1.0, max(0.0, (OPUS_MAX_BPS - kbps * 1000) / (OPUS_MAX_BPS - OPUS_MIN_BPS)))
 
 
+def _ogg_crc(data: bytes) -> int:
+    crc = 0
+    for byte in data:
+        crc = _CRC_TABLE[((crc >> 24) ^ byte) & 0xFF] ^ ((crc << 8) & 0xFFFFFFFF)
+    return crc
+
+
+_CRC_TABLE = []
+for _i in range(256):
+    _r = _i << 24
+    for _ in range(8):
+        _r = ((_r << 1) ^ 0x04C11DB7) if _r & 0x80000000 else _r << 1
+    _CRC_TABLE.append(_r & 0xFFFFFFFF)
+
+
+def strip_tag_padding(data: bytes) -> bytes:
+    """An Ogg Opus file without the zero padding libsndfile leaves after its OpusTags (about
+    800 bytes a file, as much as a short clip's audio at 12 kbps); anything else is returned as is."""
+    second = 27 + data[26] + sum(data[27 : 27 + data[26]])  # the page after OpusHead's
+    if data[second : second + 4] != b"OggS" or data[second + 5] != 0:
+        return data
+    count = data[second + 26]
+    lacing = data[second + 27 : second + 27 + count]
+    start = second + 27 + count
+    end = start + sum(lacing)
+    packet = data[start:end]
+    if not packet.startswith(b"OpusTags") or lacing[-1] == 255:  # one whole packet on the page, or leave it
+        return data
+    used = 12 + int.from_bytes(packet[8:12], "little")  # vendor string
+    for _ in range(int.from_bytes(packet[used : used + 4], "little")):
+        used += 4 + int.from_bytes(packet[used + 4 : used + 8], "little")
+    packet = packet[: used + 4]
+    lacing = bytes([255] * (len(packet) // 255) + [len(packet) % 255])
+    page = bytearray(data[second : second + 26] + bytes([len(lacing)]) + lacing + packet)
+    page[22:26] = bytes(4)
+    page[22:26] = _ogg_crc(page).to_bytes(4, "little")
+    return data[:second] + bytes(page) + data[end:]
+
+
 def _encode(job: tuple[str, str, float]) -> int:
+    import io
+
     import soundfile as sf
 
     from asr.audio import load_audio
 
     source, target, level = job
-    sf.write(target, load_audio(source).numpy(), 16000, format="OGG", subtype="OPUS", compression_level=level)
+    buffer = io.BytesIO()
+    sf.write(buffer, load_audio(source).numpy(), 16000, format="OGG", subtype="OPUS", compression_level=level)
+    Path(target).write_bytes(strip_tag_padding(buffer.getvalue()))
     return os.path.getsize(target)
 
 
