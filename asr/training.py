@@ -75,6 +75,11 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     epochs: int = 10
     max_steps: int | None = None  # stop after this many batches, ending the last epoch early (the schedule spans them)
+    # stop after this many minutes of training (one process only), ending the last epoch early;
+    # the learning rate then decays over the time as well as the steps, whichever is further on.
+    # For a fixed time on a machine of unknown speed (tools/gpu_train_defaults.sh); a resumed run
+    # starts a new clock, so such runs are not exactly resumable.
+    max_minutes: float | None = None
     seed: int = 0
     device: str = "auto"  # auto: cuda if available, else cpu
     # auto: bf16 autocast on CUDA, float32 on CPU; "bf16" also on a CPU with AVX512-BF16 or AMX,
@@ -159,11 +164,13 @@ def _stop_between_steps(enabled: bool):
         signal.signal(signal.SIGINT, previous)
 
 
-def _cosine_schedule(warmup: int, total: int, final_ratio: float):
+def _cosine_schedule(warmup: int, total: int, final_ratio: float, elapsed=None):
+    """Linear warm-up, then cosine decay to ``final_ratio`` at step ``total``, or earlier where
+    ``elapsed()`` (the fraction of a time budget spent) is further on."""
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        progress = min(1.0, max((step - warmup) / max(1, total - warmup), elapsed() if elapsed else 0.0))
         return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return factor
@@ -268,9 +275,13 @@ class Trainer:
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
+        if config.max_minutes is not None and self.world_size > 1:
+            raise ValueError("max_minutes needs a single process: ranks would stop at different steps")
+        self.started = None  # perf_counter at the first step, for max_minutes
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            _cosine_schedule(config.optim.warmup_steps, self.total_steps, config.optim.final_lr_ratio),
+            _cosine_schedule(config.optim.warmup_steps, self.total_steps, config.optim.final_lr_ratio,
+                             self._time_spent if config.max_minutes is not None else None),
         )
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         self.best_wer = math.inf
@@ -372,6 +383,15 @@ class Trainer:
 
     # -- training ----------------------------------------------------------------------------
 
+    def _time_spent(self) -> float:
+        """The fraction of max_minutes spent since training began (0 before)."""
+        if self.started is None:
+            return 0.0
+        return (time.perf_counter() - self.started) / (60 * self.config.max_minutes)
+
+    def _done(self) -> bool:
+        return self.step >= self.total_steps or self._time_spent() >= 1.0
+
     def _train_step(self, batch) -> tuple[torch.Tensor, bool]:
         audio = batch.audio.to(self.device, non_blocking=True)
         lengths = batch.audio_lengths.to(self.device, non_blocking=True)
@@ -430,9 +450,12 @@ class Trainer:
         self._log(
             f"training {self.total_steps} steps ({config.epochs} epochs x {self.steps_per_epoch} batches"
             f"{f' x {self.world_size} ranks' if self.world_size > 1 else ''}"
-            f"{', ending at max_steps' if self.total_steps < config.epochs * self.steps_per_epoch else ''}) on {self.device}"
+            f"{', ending at max_steps' if self.total_steps < config.epochs * self.steps_per_epoch else ''}"
+            f"{f' or after {config.max_minutes:g} minutes' if config.max_minutes is not None else ''}) on {self.device}"
         )
-        while self.epoch < config.epochs and self.step < self.total_steps:
+        if config.max_minutes is not None:
+            self.started = time.perf_counter()
+        while self.epoch < config.epochs and not self._done():
             self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch)
             self.model.train()
             self.frontend.train()
@@ -474,7 +497,7 @@ class Trainer:
                     bar.close()
                     self._save_last()
                     raise KeyboardInterrupt
-                if self.step >= self.total_steps:
+                if self._done():
                     break
             bar.close()
             elapsed = time.perf_counter() - start

@@ -214,6 +214,26 @@ def test_several_training_manifests_are_concatenated(tmp_path):
         ]
 
 
+def test_max_minutes_ends_training_on_time_and_decays_the_learning_rate_over_it(tmp_path, monkeypatch):
+    manifest, _ = make_manifest(tmp_path, count=8)
+    trainer = Trainer(tiny_config(tmp_path, manifest, epochs=50, max_minutes=1.0))
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    real_step = trainer._train_step
+
+    def step_of_10_seconds(batch):
+        clock[0] += 10.0
+        return real_step(batch)
+
+    monkeypatch.setattr(trainer, "_train_step", step_of_10_seconds)
+    trainer.fit()
+    assert trainer.step == 6  # 6 x 10 s = the minute, well before 50 epochs' steps
+    assert (tmp_path / "exp" / f"epoch-{trainer.epoch}.pt").exists()
+    # the cosine reached its end with the time: lr * final_lr_ratio
+    assert trainer.scheduler.get_last_lr()[0] == pytest.approx(1e-3 * OptimConfig().final_lr_ratio)
+
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_trainer_on_cuda(tmp_path):
