@@ -563,6 +563,8 @@ def _compact(args: argparse.Namespace) -> int:
                   "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **notes}
     try:
         ckpt = load_checkpoint(args.model)
+        if ckpt.metadata.get("provenance"):  # compacted before, where it was trained (a GPU machine)
+            provenance["trained"] = ckpt.metadata["provenance"]
         write_checkpoint(args.out, compact_checkpoint(ckpt, provenance))
     except CheckpointError as err:
         return _fail(err)

@@ -100,5 +100,10 @@ def test_asr_compact_records_provenance(tiny_checkpoint, tmp_path):
     provenance = load_checkpoint(out).metadata["provenance"]
     assert provenance["recipe"] == "recipes/english/run.sh" and provenance["data"] == "four sentences"
     assert provenance["source"] == str(tiny_checkpoint.path.resolve()) and provenance["created"].startswith("20")
+    # compacting it again (a model trained and compacted elsewhere, shipped here) keeps the first provenance
+    again = tmp_path / "again.pt"
+    assert run_asr("compact", "--model", str(out), "--out", str(again), "--note", "recipe=second").returncode == 0
+    provenance_again = load_checkpoint(again).metadata["provenance"]
+    assert provenance_again["recipe"] == "second" and provenance_again["trained"] == provenance
     result = run_asr("compact", "--model", str(tiny_checkpoint.path), "--out", str(out), "--note", "no-equals")
     assert result.returncode == 2 and "--note takes KEY=VALUE" in result.stderr

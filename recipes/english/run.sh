@@ -16,6 +16,10 @@
 # SPEECHOCEAN762_ROOT, KEYWORDS_ROOT and FSDD_ROOT override where the corpora are read from
 # (default: ../shared/data/<corpus> beside the repository). Stages are idempotent (.done
 # markers); an interrupted training resumes from its last.pt.
+# TRAINED_DIR=DIR: models trained elsewhere (what tools/gpu_train_defaults.sh writes on a GPU:
+# offline.pt, streaming.pt and their *_log.csv) stand in for stages 3-6, e.g.
+# `TRAINED_DIR=DIR ./run.sh --exp exp_gpu --stage 3`, and `--stage 11` then ships them with their
+# provenance (docs/training.md, "Training the defaults on a GPU").
 set -euo pipefail
 cd "$(dirname "$0")"
 default_stop_stage=10
@@ -61,6 +65,20 @@ if run_stage 2 "pre-train on the synthetic corpus: ../synthetic/exp/final.pt and
   # validation and LM tuning: speechocean762's 6 held-out speakers and the synthetic dev voices
   cat "$data/speechocean762/dev.jsonl" "$synthetic/dev.jsonl" > "$data/dev.jsonl"
   touch "$exp/.pretrain.done"
+fi
+
+# the configs that trained the models (stage 11 records them); models trained elsewhere name theirs
+offline_config=recipes/english/conf/finetune.yaml streaming_config=recipes/english/conf/streaming.yaml
+if [ -n "${TRAINED_DIR:-}" ]; then
+  trained_config() { python -c "import sys; from asr.checkpoint import load_checkpoint
+print(load_checkpoint(sys.argv[1]).metadata['provenance']['config'])" "$1"; }
+  offline_config=$(trained_config "$TRAINED_DIR/offline.pt") streaming_config=$(trained_config "$TRAINED_DIR/streaming.pt")
+  if run_stage 3 "models trained elsewhere: $TRAINED_DIR -> $exp/final.pt, $exp/streaming.pt (stages 3-6)" "$exp/.average.done"; then
+    mkdir -p "$exp/offline" "$exp/streaming"
+    cp "$TRAINED_DIR/offline.pt" "$exp/final.pt" && cp "$TRAINED_DIR/offline_log.csv" "$exp/offline/log.csv"
+    cp "$TRAINED_DIR/streaming.pt" "$exp/streaming.pt" && cp "$TRAINED_DIR/streaming_log.csv" "$exp/streaming/log.csv"
+    touch "$exp/.cmvn.done" "$exp/.train.done" "$exp/.streaming_train.done" "$exp/.average.done"
+  fi
 fi
 
 if run_stage 3 "global CMVN statistics of the training mixture" "$exp/.cmvn.done"; then
@@ -177,9 +195,9 @@ fi
 if run_stage 11 "store both models compactly in asr/pretrained/" "$exp/.pretrained.done"; then
   data_note="speechocean762 train (119 speakers) and keywords train (1974 speakers) at speeds 0.9/1.0/1.1, FSDD train (4 speakers), the synthetic corpus (espeak-ng, 200 voices)"
   asr compact --model "$exp/final.pt" --out "$root/asr/pretrained/offline.pt" \
-    --note recipe=recipes/english/run.sh config=recipes/english/conf/finetune.yaml "data=$data_note"
+    --note recipe=recipes/english/run.sh "config=$offline_config" "data=$data_note"
   asr compact --model "$exp/streaming.pt" --out "$root/asr/pretrained/streaming.pt" \
-    --note recipe=recipes/english/run.sh config=recipes/english/conf/streaming.yaml "data=$data_note"
+    --note recipe=recipes/english/run.sh "config=$streaming_config" "data=$data_note"
   # the float16 weights decode as the float32 ones: every test set again, greedy, with the shipped files
   decode compact_greedy "$root/asr/pretrained/offline.pt" --greedy
   decode compact_streaming "$root/asr/pretrained/streaming.pt" --chunk-ms 160 --greedy
