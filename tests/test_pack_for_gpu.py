@@ -67,7 +67,7 @@ def test_a_tiny_pack_refuses_to_exceed_its_budget_and_loads_from_anywhere(tmp_pa
     assert main(["--out", str(tmp_path / "small"), "--budget-mib", "0.005", *args]) == 1  # 5 kB: the real set alone is more
     assert main(["--out", str(tmp_path / "pack"), "--budget-mib", str(40_000 / 2**20), *args]) == 0
     pack = json.loads((tmp_path / "pack" / "pack.json").read_text())
-    assert pack["audio_bytes"] <= pack["budget_bytes"] == 40_000
+    assert pack["total_bytes"] <= pack["budget_bytes"] == 40_000
     assert pack["sets"]["real"]["utterances"] == 4 and pack["sets"]["synthetic_dev"]["utterances"] == 4
     assert 0 < pack["sets"]["synthetic_train"]["utterances"] <= 4
     moved = shutil.move(tmp_path / "pack", tmp_path / "elsewhere")

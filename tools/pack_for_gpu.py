@@ -8,7 +8,7 @@ set whose audio paths are relative to the pack folder (``asr`` resolves them fro
 manifest's folder, so the pack works wherever it lands)::
 
     OUT/speechocean762_train.jsonl  OUT/audio/speechocean762_train/<id>.opus  ...
-    OUT/pack.json                   kbps, hours, bytes per set, the budget
+    OUT/pack.json                   kbps, hours, bytes (audio and manifest) per set, the budget
 
 The real corpora are prepared here as ``asr prepare`` does (SPEECHOCEAN762_ROOT, KEYWORDS_ROOT,
 FSDD_ROOT, default ../shared/data/<corpus> beside the repository); the synthetic corpus is read
@@ -203,45 +203,43 @@ def main(argv: list[str] | None = None) -> int:
             synthetic[f"synthetic_{split}"] = sample_entries(read_manifest(args.synthetic / f"{split}.jsonl"), args.sample)
         sets["synthetic_dev"] = synthetic["synthetic_dev"]
 
-    summary, used, seconds = {}, 0, 0.0
+    summary: dict[str, dict] = {}
+
     def record(name: str, entries: list[dict]) -> None:
-        nonlocal used, seconds
         packed, sizes = encode_set(name, entries, args.out, args.kbps, args.jobs)
         write_manifest(args.out / f"{name}.jsonl", packed)
-        hours = sum(e["duration"] for e in entries) / 3600
-        summary[name] = {"utterances": len(entries), "hours": round(hours, 3), "bytes": sum(sizes)}
-        used += sum(sizes)
-        seconds += hours * 3600
-        print(f"{name}: {len(entries)} utterances, {hours:.2f} h, {sum(sizes) / 2**20:.2f} MiB", flush=True)
+        summarise(name, packed, sum(sizes))
 
+    def summarise(name: str, packed: list[dict], audio_bytes: int) -> None:
+        manifest = (args.out / f"{name}.jsonl").stat().st_size
+        hours = sum(e["duration"] for e in packed) / 3600
+        summary[name] = {"utterances": len(packed), "hours": round(hours, 3), "bytes": audio_bytes + manifest}
+        print(f"{name}: {len(packed)} utterances, {hours:.2f} h, {(audio_bytes + manifest) / 2**20:.2f} MiB", flush=True)
+
+    used = lambda: sum(s["bytes"] for s in summary.values())  # noqa: E731  audio and manifests
     for name, entries in sets.items():
         record(name, entries)
-    if used > budget:
-        print(f"error: the real sets and the synthetic dev set take {used / 2**20:.1f} MiB, over the budget of {budget / 2**20:.1f} MiB; "
-              "lower --kbps", file=sys.stderr)
+    if used() > budget:
+        print(f"error: the real sets and the synthetic dev set take {used() / 2**20:.1f} MiB, over the budget of "
+              f"{budget / 2**20:.1f} MiB; lower --kbps", file=sys.stderr)
         return 1
     if "synthetic_train" in synthetic:
-        rate = used / seconds  # bytes per second of audio, as encoded so far
-        chosen = fill(synthetic["synthetic_train"], rate, int((budget - used) * 0.98))
+        rate = used() / sum(s["hours"] * 3600 for s in summary.values())  # bytes per second of audio so far
+        chosen = fill(synthetic["synthetic_train"], rate, int((budget - used()) * 0.98))
         if chosen:
             record("synthetic_train", chosen)
-        while used > budget:  # the estimate was short: drop the last utterances until it fits
-            packed = read_manifest(args.out / "synthetic_train.jsonl")
-            last = packed.pop()
-            size = os.path.getsize(last["audio"])
-            os.unlink(last["audio"])
-            used -= size
-            summary["synthetic_train"]["bytes"] -= size
-            summary["synthetic_train"]["utterances"] -= 1
-            summary["synthetic_train"]["hours"] = round(summary["synthetic_train"]["hours"] - last["duration"] / 3600, 3)
-            write_manifest(args.out / "synthetic_train.jsonl",
-                           [{**e, "audio": os.path.relpath(e["audio"], args.out)} for e in packed])
-    manifests = sum((args.out / f"{name}.jsonl").stat().st_size for name in summary)
-    pack = {"kbps": args.kbps, "sets": summary, "audio_bytes": used, "manifest_bytes": manifests,
-            "total_bytes": used + manifests, "budget_bytes": budget, "budget_parts": parts}
+        if used() > budget:  # the estimate was short: drop the last utterances until it fits
+            path = args.out / "synthetic_train.jsonl"
+            packed = read_manifest(path)
+            while used() > budget:
+                os.unlink(packed.pop()["audio"])
+                write_manifest(path, [{**e, "audio": os.path.relpath(e["audio"], args.out)} for e in packed])
+                summarise("synthetic_train", packed, sum(os.path.getsize(e["audio"]) for e in packed))
+    total = used()
+    pack = {"kbps": args.kbps, "sets": summary, "total_bytes": total, "budget_bytes": budget, "budget_parts": parts}
     (args.out / "pack.json").write_text(json.dumps(pack, indent=1) + "\n")
     hours = sum(s["hours"] for s in summary.values())
-    print(f"{args.out}: {hours:.2f} h in {(used + manifests) / 2**20:.2f} MiB "
+    print(f"{args.out}: {hours:.2f} h in {total / 2**20:.2f} MiB "
           f"(budget {budget / 2**20:.2f} MiB: " + ", ".join(f"{k} {v / 2**20:.2f}" for k, v in parts.items()) + ")")
     return 0
 
