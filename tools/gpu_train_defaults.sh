@@ -59,8 +59,8 @@ cores=$(nproc)
 if $together; then workers=$(( (cores - 2) / 2 )); else workers=$(( cores - 2 )); fi
 [ "$workers" -ge 1 ] || workers=1
 
-train=$(ls "$pack"/{speechocean762_train,keywords_train,fsdd_train,synthetic_train}.jsonl 2>/dev/null | paste -sd,)
-valid=$(ls "$pack"/{speechocean762_dev,synthetic_dev}.jsonl 2>/dev/null | paste -sd,)
+train=$( (ls "$pack"/{speechocean762_train,keywords_train,fsdd_train,synthetic_train}.jsonl 2>/dev/null || true) | paste -sd,)
+valid=$( (ls "$pack"/{speechocean762_dev,synthetic_dev}.jsonl 2>/dev/null || true) | paste -sd,)
 [ -n "$train" ] || { echo "error: no training manifests in $pack (tools/pack_for_gpu.py makes them)" >&2; exit 1; }
 echo "pack: $(python3 -c "import json, sys; p = json.load(open(sys.argv[1])); print(f\"{sum(s['hours'] for s in p['sets'].values()):.2f} h at {p['kbps']:g} kbps\")" "$pack/pack.json")"
 
@@ -71,9 +71,11 @@ if [ "$mode" = scratch ]; then
   common+=(cmvn="$work/cmvn.pt")
 fi
 
-# train NAME: asr train with conf/gpu_NAME[_large].yaml into $work/NAME; its output in $out/NAME_train.log
+# train NAME: asr train with conf/gpu_NAME[_large].yaml into $work/NAME, afresh (a run on a time
+# budget does not resume: its clock would start again); its output in $out/NAME_train.log
 train() {
   local name=$1 t0=$(date +%s); shift
+  rm -rf "${work:?}/$name"
   (cd recipes/english && python3 -m asr train --config "conf/gpu_$name$suffix.yaml" exp_dir="$work/$name" \
     "${common[@]}" "$@") > "$out/${name}_train.log" 2>&1
   echo "$name: trained in $(( $(date +%s) - t0 )) s"
