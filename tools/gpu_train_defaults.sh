@@ -5,21 +5,23 @@
 # (no LM: recipes/english attaches it here), the training logs and a summary with the audio hours
 # trained per GPU hour. docs/training.md ("Training the defaults on a GPU") has the device call.
 #
-#   bash tools/gpu_train_defaults.sh --out DIR [--minutes 7] [--mode continue|scratch]
-#        [--one-at-a-time] [--models "offline streaming"] [--pack .carry/english]
+#   bash tools/gpu_train_defaults.sh --out DIR [--minutes 6] [--mode continue|scratch]
+#        [--one-at-a-time] [--repeat 4] [--models "offline streaming"] [--pack .carry/english]
 #        [--device cuda|cpu] [--work DIR] [--wheels .whl] [-- KEY=VALUE...]
 #
 # --mode continue (default): train on from asr/pretrained/*.pt at their sizes (conf/gpu_offline.yaml,
 #   conf/gpu_streaming.yaml); scratch: the larger models from nothing (conf/gpu_*_large.yaml).
 # Both models train at once on the one GPU, each for --minutes, each with half the CPU cores as
 # loader workers; --one-at-a-time gives each all the cores, one after the other (2 x --minutes).
+# An epoch is --repeat passes over the pack (each with its own augmentation): a GPU takes one pass
+# in seconds, and validation, checkpoints and the loader's start come once an epoch.
 # KEY=VALUE after -- go to both trainings (e.g. data.max_frames=32000). Wheels in --wheels are
 # installed first (the GPU machine lacks soundfile and jiwer); --device cpu tests it all here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-minutes=7 mode=continue models="offline streaming" pack=.carry/english device=cuda out= work=/tmp/gpu_train
-wheels=.whl together=true
+minutes=6 mode=continue models="offline streaming" pack=.carry/english device=cuda out= work=/tmp/gpu_train
+wheels=.whl together=true repeat=4
 while [ $# -gt 0 ]; do
   case $1 in
     --minutes) minutes=$2; shift 2 ;;
@@ -31,8 +33,9 @@ while [ $# -gt 0 ]; do
     --work) work=$2; shift 2 ;;
     --wheels) wheels=$2; shift 2 ;;
     --one-at-a-time) together=false; shift ;;
+    --repeat) repeat=$2; shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -64,7 +67,7 @@ valid=$( (ls "$pack"/{speechocean762_dev,synthetic_dev}.jsonl 2>/dev/null || tru
 [ -n "$train" ] || { echo "error: no training manifests in $pack (tools/pack_for_gpu.py makes them)" >&2; exit 1; }
 echo "pack: $(python3 -c "import json, sys; p = json.load(open(sys.argv[1])); print(f\"{sum(s['hours'] for s in p['sets'].values()):.2f} h at {p['kbps']:g} kbps\")" "$pack/pack.json")"
 
-common=(data.train="$train" data.valid="$valid" data.num_workers=$workers max_minutes=$minutes device=$device threads=2)
+common=(data.train="$(for _ in $(seq "$repeat"); do echo "$train"; done | paste -sd,)" data.valid="$valid" data.num_workers=$workers max_minutes=$minutes device=$device threads=2)
 [ "$device" = cpu ] && common+=(precision=fp32)
 if [ "$mode" = scratch ]; then
   python3 -m asr compute-cmvn --manifest "$train" --out "$work/cmvn.pt"
@@ -91,14 +94,15 @@ fi
 for name in $models; do tail -n 3 "$out/${name}_train.log"; done
 [ $status = 0 ] || { echo "error: a training failed (see its log in $out)" >&2; exit 1; }
 
-# the last two epochs averaged (one where only one ran), float16, with provenance
+# the last two epochs averaged where four or more ran (else the last, which ended at the lowest
+# learning rate), float16, with provenance
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 || true)
 for name in $models; do
   epochs=$(ls "$work/$name"/epoch-*.pt | wc -l)
-  python3 -m asr average --exp-dir "$work/$name" --last $(( epochs >= 2 ? 2 : 1 )) --out "$work/$name/final.pt"
+  python3 -m asr average --exp-dir "$work/$name" --last $(( epochs >= 4 ? 2 : 1 )) --out "$work/$name/final.pt"
   python3 -m asr compact --model "$work/$name/final.pt" --out "$out/$name.pt" --note \
     recipe=tools/gpu_train_defaults.sh "config=recipes/english/conf/gpu_$name$suffix.yaml" "mode=$mode" \
-    "minutes=$minutes" "together=$together" "device=${gpu:-$device}" "pack=$(python3 -c "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))['sets']))" "$pack/pack.json")"
+    "minutes=$minutes" "repeat=$repeat" "together=$together" "device=${gpu:-$device}" "pack=$(python3 -c "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))['sets']))" "$pack/pack.json")"
   cp "$work/$name/log.csv" "$out/${name}_log.csv"
 done
 
