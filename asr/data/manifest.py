@@ -19,7 +19,6 @@ import json
 import math
 import os
 import random
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -31,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from asr.audio import SAMPLE_RATE, AudioError, audio_duration, change_speed, check_audio, load_audio
+from asr.fileio import atomic_write
 from asr.text import Tokenizer, normalize_text
 
 REQUIRED_KEYS = ("id", "audio", "duration", "text", "speaker")
@@ -97,19 +97,9 @@ def sample_entries(entries: list[dict], sample: int | None, seed: int = 0) -> li
 
 def write_manifest(path: str | os.PathLike, entries: Iterable[dict]) -> None:
     """Write entries as JSONL, atomically: readers see the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for entry in entries:
-                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        for entry in entries:
+            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
 
 
 @dataclass
