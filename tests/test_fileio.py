@@ -6,6 +6,7 @@ import stat
 import pytest
 import torch
 
+from asr.data.manifest import write_manifest
 from asr.fileio import atomic_write, save_torch
 
 
@@ -21,7 +22,9 @@ def test_a_written_file_has_the_mode_of_a_plain_open(tmp_path):
     with atomic_write(tmp_path / "atomic.txt") as f:
         f.write("x")
     save_torch({"a": torch.zeros(2)}, tmp_path / "model.pt")
+    write_manifest(tmp_path / "train.jsonl", [{"id": "a"}])
     expected = 0o666 & ~current_umask()
+    assert stat.S_IMODE((tmp_path / "train.jsonl").stat().st_mode) == expected
     assert stat.S_IMODE(plain.stat().st_mode) == expected
     assert stat.S_IMODE((tmp_path / "atomic.txt").stat().st_mode) == expected
     assert stat.S_IMODE((tmp_path / "model.pt").stat().st_mode) == expected
