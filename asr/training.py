@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import math
 import os
 import random
@@ -55,6 +56,12 @@ class DataConfig:
     num_workers: int = 1
     sortagrad: bool = True  # first epoch: shortest batches first
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # where data.augment is applied to each batch: "loader" (in the workers), "device" (on the
+    # training device, before the frontend), or "auto": the device when it is a GPU (it takes
+    # the speed perturbation's resampling off the CPU cores that decode audio), else the loader
+    # (the workers overlap it with training). The result is the same either way (to float
+    # rounding on a GPU): every random choice is made in the dataset.
+    augment_on: str = "auto"
 
 
 @dataclass
@@ -227,6 +234,11 @@ class Trainer:
         if config.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {config.precision!r}")
         self.bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
+        if config.data.augment_on not in ("auto", "loader", "device"):
+            raise ValueError(f"data.augment_on must be auto, loader or device, got {config.data.augment_on!r}")
+        self.augment_on_device = config.data.augment_on == "device" or (
+            config.data.augment_on == "auto" and self.device.type == "cuda"
+        )
         self.exp_dir = Path(config.exp_dir)
         self.exp_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
@@ -373,9 +385,9 @@ class Trainer:
     # -- training ----------------------------------------------------------------------------
 
     def _train_step(self, batch) -> tuple[torch.Tensor, bool]:
-        audio = batch.audio.to(self.device, non_blocking=True)
+        batch = batch.to(self.device).augmented()  # a no-op when the loader augmented it
         lengths = batch.audio_lengths.to(self.device, non_blocking=True)
-        feats, feat_lengths = self.frontend(audio, lengths)  # float32: log of small energies
+        feats, feat_lengths = self.frontend(batch.audio, lengths)  # float32: log of small energies
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             log_probs, out_lengths = self.ddp_model(feats, feat_lengths)
         loss = torch.nn.functional.ctc_loss(
@@ -403,7 +415,7 @@ class Trainer:
         return DataLoader(
             dataset,
             batch_sampler=sampler,
-            collate_fn=collate,
+            collate_fn=functools.partial(collate, augment=not self.augment_on_device),
             num_workers=self.config.data.num_workers,
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator(),  # keeps loader start-up off the global RNG (exact resume)
@@ -456,7 +468,7 @@ class Trainer:
                     if finite:
                         recent_loss = recent_loss + loss  # stays on the device: no sync per step
                         recent_count += 1
-                    audio_seconds += batch.audio_lengths.sum().item() / 16000 * self.world_size
+                    audio_seconds += batch.augmented_seconds() * self.world_size
                 bar.update(1)
                 if self.step % config.log_every_steps == 0 and recent_count:
                     epoch_loss = epoch_loss + recent_loss
