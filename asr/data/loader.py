@@ -7,12 +7,13 @@ the data stream is identical whatever the number of DataLoader workers and acros
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from asr.audio import SAMPLE_RATE, AudioError, add_noise, load_audio, lowpass, resample, resampled_length, speed_rate
 from asr.features import num_frames
@@ -229,6 +230,23 @@ class Batch:
         return samples / SAMPLE_RATE
 
 
+def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
+    """Waveforms ``(samples,)`` zero-padded into ``(rows, longest)``. In a loader worker the
+    tensor is made in shared memory, as torch's default_collate makes its batches: the batch
+    has to reach the training process through shared memory, and sending a tensor made
+    elsewhere copies it there first (a 600 s batch: 36 ms padded and sent, 19 ms this way)."""
+    shape = (len(rows), max(len(row) for row in rows))
+    if get_worker_info() is None:
+        out = torch.empty(shape)
+    else:
+        storage = torch.UntypedStorage._new_shared(math.prod(shape) * rows[0].element_size())
+        out = torch.empty(0, dtype=rows[0].dtype).set_(storage).view(shape)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+        out[i, len(row) :] = 0
+    return out
+
+
 def collate(items: list, augment: bool = True) -> Batch | None:
     """:class:`UtteranceDataset` items -> a zero-padded :class:`Batch`; unreadable items
     (None) are left out. ``augment``: apply the items' plans here, in the loader worker; else
@@ -246,7 +264,7 @@ def collate(items: list, augment: bool = True) -> Batch | None:
         audio = [augment_batch(a[None], torch.tensor([len(a)]), [p])[0][0] for a, p in zip(audio, plans)]
         plans = None
     return Batch(
-        audio=torch.nn.utils.rnn.pad_sequence(audio, batch_first=True),
+        audio=_pad(audio),
         audio_lengths=torch.tensor([len(a) for a in audio]),
         targets=torch.cat(tokens),
         target_lengths=torch.tensor([len(t) for t in tokens]),
