@@ -219,7 +219,7 @@ def measure_training(config: TrainConfig, steps: int, warmup: int) -> dict:
                 synchronize(trainer.device)
                 if utilisation:
                     utilisation.start()
-                start, cpu_start = time.perf_counter(), cpu_seconds(pids)
+                start, cpu_start, main_start = time.perf_counter(), cpu_seconds(pids), time.process_time()
             before = time.perf_counter()
             batch = next(iterator)
             loaded = time.perf_counter()
@@ -230,12 +230,12 @@ def measure_training(config: TrainConfig, steps: int, warmup: int) -> dict:
                 audio += batch.augmented_seconds()
         synchronize(trainer.device)
         elapsed = time.perf_counter() - start
-        cpu = cpu_seconds(pids) - cpu_start
+        cpu, main_cpu = cpu_seconds(pids) - cpu_start, time.process_time() - main_start
     finally:
         busy = utilisation.stop() if utilisation else None
     return {
         "audio_h_per_device_h": audio / elapsed, "audio_s": audio, "wall_s": elapsed, "loader_cpu_s": cpu,
-        "wait_s": statistics.fmean(waits), "wait_median_s": statistics.median(waits),
+        "main_cpu_s": main_cpu, "wait_s": statistics.fmean(waits), "wait_median_s": statistics.median(waits),
         "step_s": statistics.fmean(step_times), "gpu_busy": busy, "device": trainer.device,
         "augment_on_device": trainer.augment_on_device,
     }
@@ -313,8 +313,9 @@ def run_training(args: argparse.Namespace, config: TrainConfig, manifest: str, d
     print(f"end to end, {args.workers[0]} worker(s), augmentation on the {'device' if r['augment_on_device'] else 'loader'}, "
           f"{args.steps} steps after {args.warmup}: {r['audio_h_per_device_h']:.1f} audio h per device h "
           f"({r['audio_s'] / args.steps:.0f} s of audio per step); step {r['step_s']:.3f} s + loader wait "
-          f"{r['wait_s']:.3f} s (median {r['wait_median_s']:.3f}); loader workers used {r['loader_cpu_s'] / r['wall_s']:.1f} "
-          f"cores ({r['audio_s'] / max(r['loader_cpu_s'], 1e-9):.0f} audio s per worker CPU-s); GPU busy {busy}", flush=True)
+          f"{r['wait_s']:.3f} s (median {r['wait_median_s']:.3f}); CPU cores used: loader workers "
+          f"{r['loader_cpu_s'] / r['wall_s']:.2f} ({r['audio_s'] / max(r['loader_cpu_s'], 1e-9):.0f} audio s per worker "
+          f"CPU-s), training process {r['main_cpu_s'] / r['wall_s']:.2f}; GPU busy {busy}", flush=True)
 
 
 if __name__ == "__main__":
