@@ -166,6 +166,25 @@ def _stop_between_steps(enabled: bool):
         signal.signal(signal.SIGINT, previous)
 
 
+class _Waiting:
+    """Seconds spent waiting for the items of an iterable: how long training sat idle for
+    want of a batch (when this share grows, the loader, not the device, sets the pace)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def on(self, iterable):
+        iterator = iter(iterable)
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            self.seconds += time.perf_counter() - start
+            yield item
+
+
 def _cosine_schedule(warmup: int, total: int, final_ratio: float):
     def factor(step: int) -> float:
         if step < warmup:
@@ -460,7 +479,8 @@ class Trainer:
             zero = torch.zeros((), device=self.device)
             epoch_loss, epoch_count, recent_loss, recent_count = zero, 0, zero, 0
             audio_seconds, start = 0.0, time.perf_counter()
-            for batch in self._loader(self.train_set, self.sampler):
+            waiting = _Waiting()
+            for batch in waiting.on(self._loader(self.train_set, self.sampler)):
                 self.batch_in_epoch += 1
                 self.step += 1
                 if batch is not None:
@@ -477,6 +497,7 @@ class Trainer:
                         loss=f"{recent_loss.item() / recent_count:.3f}",
                         lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
                         audio_s_per_s=f"{audio_seconds / (time.perf_counter() - start):.0f}",
+                        data_wait=f"{waiting.seconds / (time.perf_counter() - start):.0%}",
                         refresh=False,
                     )
                     recent_loss, recent_count = zero, 0
