@@ -11,14 +11,12 @@ from asr.audio import SAMPLE_RATE, lowpass
 from asr.data.loader import (
     SPEEDS,
     AugmentConfig,
-    AugmentPlan,
     BucketBatchSampler,
     UtteranceDataset,
     augment_batch,
     collate,
     draw_augmentation,
 )
-from asr.text import Tokenizer
 
 
 def tone(seconds: float = 0.5) -> torch.Tensor:

@@ -42,7 +42,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
 
-from asr.config import apply_overrides, load_config
+from asr.config import load_config
 from asr.data.loader import SPEEDS, BucketBatchSampler, UtteranceDataset, collate
 from asr.data.manifest import librispeech_tree_to_entries, read_manifest, write_manifest
 from asr.text import Tokenizer
@@ -60,7 +60,7 @@ from bench_train import (  # noqa: E402  (a sibling tool)
 
 SAMPLE_RATE = 16000
 UTTERANCES_PER_CHAPTER = 20
-LETTERS = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ'"))
+LETTERS = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -85,7 +85,7 @@ def random_transcript(seconds: float, rng: np.random.Generator) -> str:
     """Random words of 2-9 letters, 15 characters per second as in read English."""
     words, length = [], 0
     while length < 15 * seconds:
-        word = "".join(rng.choice(LETTERS[:26], rng.integers(2, 10)))
+        word = "".join(rng.choice(LETTERS, rng.integers(2, 10)))
         words.append(word)
         length += len(word) + 1
     return " ".join(words)

@@ -3,6 +3,8 @@
 Randomness that happens per utterance (speed perturbation, gain, noise) is drawn from a
 generator seeded by ``(seed, epoch, utterance index)``, not from worker processes' RNGs, so
 the data stream is identical whatever the number of DataLoader workers and across a resume.
+The dataset draws every choice (:func:`draw_augmentation`); :func:`augment_batch` applies
+them, in the loader workers or on the training device, with the same result.
 """
 
 from __future__ import annotations
@@ -230,6 +232,12 @@ class Batch:
         return samples / SAMPLE_RATE
 
 
+def _augment_one(audio: torch.Tensor, plan: AugmentPlan) -> torch.Tensor:
+    """:func:`augment_batch` on one waveform ``(samples,)`` -> ``(samples',)``."""
+    out, _ = augment_batch(audio[None], torch.tensor([len(audio)]), [plan])
+    return out[0]
+
+
 def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
     """Waveforms ``(samples,)`` zero-padded into ``(rows, longest)``. In a loader worker the
     tensor is made in shared memory, as torch's default_collate makes its batches: the batch
@@ -237,7 +245,7 @@ def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
     elsewhere copies it there first (a 600 s batch: 36 ms padded and sent, 19 ms this way)."""
     shape = (len(rows), max(len(row) for row in rows))
     if get_worker_info() is None:
-        out = torch.empty(shape)
+        out = torch.empty(shape, dtype=rows[0].dtype)
     else:
         storage = torch.UntypedStorage._new_shared(math.prod(shape) * rows[0].element_size())
         out = torch.empty(0, dtype=rows[0].dtype).set_(storage).view(shape)
@@ -261,7 +269,7 @@ def collate(items: list, augment: bool = True) -> Batch | None:
         # one utterance at a time on the loader's CPU: oneDNN's convolution over a whole padded
         # batch ran at less than half the speed (16 rows of 12 s with 15% padding: 5,500
         # against 12,900 audio seconds per CPU-second)
-        audio = [augment_batch(a[None], torch.tensor([len(a)]), [p])[0][0] for a, p in zip(audio, plans)]
+        audio = [_augment_one(a, p) for a, p in zip(audio, plans)]
         plans = None
     return Batch(
         audio=_pad(audio),
