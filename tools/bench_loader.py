@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=20, help="--train: timed steps (default: 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed batches or steps first (default: 3)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda if available)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads of the main process (default: 1)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads of the main process (default: torch's choice)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="processes writing the fake tree")
     args = parser.parse_args(argv)
 
@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.manifest and not args.fake_tree:
         parser.error("give --manifest, or --fake-tree to make one")
     manifest = args.manifest or str(args.fake_tree / "train.jsonl")
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     config = load_config(TrainConfig, args.config, args.set)
     augment = config.data.augment
@@ -306,7 +307,7 @@ def run_training(args: argparse.Namespace, config: TrainConfig, manifest: str, d
         save_cmvn_stats(compute_cmvn_stats(manifest, config.model_config.get("n_mels", 80), max_utterances=20), stats)
         overrides = [f"exp_dir={exp}", f"cmvn={stats}", f"data.train={manifest}", "data.valid=null",
                      f"data.num_workers={args.workers[0]}", f"device={device}", "save_every_steps=1000000",
-                     f"threads={args.threads}"]
+                     *([f"threads={args.threads}"] if args.threads else [])]
         config = load_config(TrainConfig, args.config, [*args.set, *overrides])
         r = measure_training(config, args.steps, args.warmup)
     busy = f"{r['gpu_busy']:.0f}%" if r["gpu_busy"] is not None else "n/a"
