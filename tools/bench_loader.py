@@ -283,6 +283,11 @@ def main(argv: list[str] | None = None) -> None:
           f"speed_perturb={augment.speed_perturb} gain_db={augment.gain_db} noise_prob={augment.noise_prob} "
           f"lowpass_prob={augment.lowpass_prob}")
     print(f"manifest: {manifest}; device: {device}; main process: {torch.get_num_threads()} torch thread(s)")
+    needed = args.warmup + (args.steps if args.train else args.batches)
+    available = len(train_dataset(config, manifest)[1])
+    if available < needed:
+        parser.error(f"{manifest} makes {available} batches of max_frames={config.data.max_frames}, and {needed} "
+                     "are needed: list more audio (--fake-repeat), or set a smaller data.max_frames")
 
     if args.train:
         run_training(args, config, manifest, device)
