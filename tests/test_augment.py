@@ -93,7 +93,8 @@ def test_batched_speed_and_gain_equal_each_utterance_alone_exactly(config):
 
 def test_batched_band_limit_and_noise_equal_each_utterance_alone():
     """Band limiting and noise too: the same random choices and lengths; the samples to float
-    rounding (the SNR scale comes from energies that a longer row sums in another order)."""
+    rounding (one row of 12 differs, by 1 ulp: a convolution or energy sum over a row of the
+    batch can add in another order than over a tensor of its own)."""
     audios, seeds = utterances(), list(range(200, 212))
     out, lengths = batched(audios, EVERYTHING, seeds)
     plans = [draw_augmentation(a, EVERYTHING, np.random.default_rng(s))[1] for a, s in zip(audios, seeds)]
