@@ -242,7 +242,8 @@ def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
     """Waveforms ``(samples,)`` zero-padded into ``(rows, longest)``. In a loader worker the
     tensor is made in shared memory, as torch's default_collate makes its batches: the batch
     has to reach the training process through shared memory, and sending a tensor made
-    elsewhere copies it there first (a 600 s batch: 36 ms padded and sent, 19 ms this way)."""
+    elsewhere copies it there first (padding and sending a 600 s batch this way took 0.53x the
+    time, in one run)."""
     shape = (len(rows), max(len(row) for row in rows))
     if get_worker_info() is None:
         out = torch.empty(shape, dtype=rows[0].dtype)
