@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import math
 import os
 import random
@@ -55,6 +56,12 @@ class DataConfig:
     num_workers: int = 1
     sortagrad: bool = True  # first epoch: shortest batches first
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # where data.augment is applied to each batch: "loader" (in the workers), "device" (on the
+    # training device, before the frontend), or "auto": the device when it is a GPU (it takes
+    # the speed perturbation's resampling off the CPU cores that decode audio), else the loader
+    # (the workers overlap it with training). The result is the same either way (to float
+    # rounding on a GPU): every random choice is made in the dataset.
+    augment_on: str = "auto"
 
 
 @dataclass
@@ -164,6 +171,25 @@ def _stop_between_steps(enabled: bool):
         signal.signal(signal.SIGINT, previous)
 
 
+class _Waiting:
+    """Seconds spent waiting for the items of an iterable: how long training sat idle for
+    want of a batch (when this share grows, the loader, not the device, sets the pace)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def on(self, iterable):
+        iterator = iter(iterable)
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            self.seconds += time.perf_counter() - start
+            yield item
+
+
 def _cosine_schedule(warmup: int, total: int, final_ratio: float, elapsed=None):
     """Linear warm-up, then cosine decay to ``final_ratio`` at step ``total``, or earlier where
     ``elapsed()`` (the fraction of a time budget spent) is further on."""
@@ -234,6 +260,11 @@ class Trainer:
         if config.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {config.precision!r}")
         self.bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
+        if config.data.augment_on not in ("auto", "loader", "device"):
+            raise ValueError(f"data.augment_on must be auto, loader or device, got {config.data.augment_on!r}")
+        self.augment_on_device = config.data.augment_on == "device" or (
+            config.data.augment_on == "auto" and self.device.type == "cuda"
+        )
         self.exp_dir = Path(config.exp_dir)
         self.exp_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(config.seed)
@@ -393,9 +424,9 @@ class Trainer:
         return self.step >= self.total_steps or self._time_spent() >= 1.0
 
     def _train_step(self, batch) -> tuple[torch.Tensor, bool]:
-        audio = batch.audio.to(self.device, non_blocking=True)
+        batch = batch.to(self.device).augmented()  # a no-op when the loader augmented it
         lengths = batch.audio_lengths.to(self.device, non_blocking=True)
-        feats, feat_lengths = self.frontend(audio, lengths)  # float32: log of small energies
+        feats, feat_lengths = self.frontend(batch.audio, lengths)  # float32: log of small energies
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             log_probs, out_lengths = self.ddp_model(feats, feat_lengths)
         loss = torch.nn.functional.ctc_loss(
@@ -423,7 +454,7 @@ class Trainer:
         return DataLoader(
             dataset,
             batch_sampler=sampler,
-            collate_fn=collate,
+            collate_fn=functools.partial(collate, augment=not self.augment_on_device),
             num_workers=self.config.data.num_workers,
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator(),  # keeps loader start-up off the global RNG (exact resume)
@@ -471,7 +502,8 @@ class Trainer:
             zero = torch.zeros((), device=self.device)
             epoch_loss, epoch_count, recent_loss, recent_count = zero, 0, zero, 0
             audio_seconds, start = 0.0, time.perf_counter()
-            for batch in self._loader(self.train_set, self.sampler):
+            waiting = _Waiting()
+            for batch in waiting.on(self._loader(self.train_set, self.sampler)):
                 self.batch_in_epoch += 1
                 self.step += 1
                 if batch is not None:
@@ -479,7 +511,7 @@ class Trainer:
                     if finite:
                         recent_loss = recent_loss + loss  # stays on the device: no sync per step
                         recent_count += 1
-                    audio_seconds += batch.audio_lengths.sum().item() / 16000 * self.world_size
+                    audio_seconds += batch.augmented_seconds() * self.world_size
                 bar.update(1)
                 if self.step % config.log_every_steps == 0 and recent_count:
                     epoch_loss = epoch_loss + recent_loss
@@ -488,6 +520,7 @@ class Trainer:
                         loss=f"{recent_loss.item() / recent_count:.3f}",
                         lr=f"{self.scheduler.get_last_lr()[0]:.2e}",
                         audio_s_per_s=f"{audio_seconds / (time.perf_counter() - start):.0f}",
+                        data_wait=f"{waiting.seconds / (time.perf_counter() - start):.0%}",
                         refresh=False,
                     )
                     recent_loss, recent_count = zero, 0

@@ -43,3 +43,21 @@ def test_bench_serve_prints_a_row_per_level_with_partials():
         match = re.search(rf"^\| {k} \| (\d+) \| (\d+) \| {NUMBER} \| {NUMBER} \| (\d+) of {k} \| (\d+) \|$", out, re.M)
         assert match, f"no K={k} row in:\n{out}"
         assert float(match.group(3)) > 0  # the server did work for the streams
+
+
+@pytest.mark.slow
+def test_bench_loader_on_a_fake_tree_prints_the_loader_rows_and_the_end_to_end_line(tmp_path):
+    tree = tmp_path / "fake"
+    small = ["--set", "data.max_frames=4000", "model_config.hidden_size=32", "model_config.num_layers=1"]
+    out = run_tool("bench_loader.py", "--fake-tree", str(tree), "--fake-utterances", "12", "--fake-repeat", "4",
+                   "--jobs", "2", "--device", "cpu", "--batches", "2", "--warmup", "1", *small)
+    assert len(list(tree.rglob("*.flac"))) == 12 and len(list(tree.rglob("*.trans.txt"))) == 1
+    for place in ("loader", "device"):
+        match = re.search(rf"^\| 1 \| {place} \| (\d+) \| (\d+) \| {NUMBER} \| {NUMBER} s \| ", out, re.M)
+        assert match, f"no {place} row in:\n{out}"
+        assert int(match.group(2)) > 0  # audio per worker CPU-second
+    out = run_tool("bench_loader.py", "--manifest", str(tree / "train.jsonl"), "--train", "--device", "cpu",
+                   "--steps", "2", "--warmup", "1", *small)
+    match = re.search(rf"^end to end, 1 worker\(s\), augmentation on the loader, 2 steps after 1: {NUMBER} audio h "
+                      r"per device h .* loader wait (\d+\.\d+) s .*GPU busy n/a$", out, re.M)
+    assert match, out

@@ -13,7 +13,7 @@ import soundfile as sf
 import torch
 
 from asr.checkpoint import CheckpointError, load_checkpoint
-from asr.data.loader import BucketBatchSampler, ctc_min_frames, filter_for_ctc
+from asr.data.loader import AugmentConfig, BucketBatchSampler, ctc_min_frames, filter_for_ctc
 from asr.training import OptimConfig, DataConfig, TrainConfig, Trainer
 
 WORDS = ["ALPHA", "BRAVO", "CHARLIE", "DELTA", "ECHO", "FOXTROT", "GOLF", "HOTEL"]
@@ -111,6 +111,23 @@ def test_nonfinite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
     trainer.fit()
     assert trainer.skipped_batches == 1
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+@pytest.mark.parametrize("augment", [AugmentConfig(speed_perturb=True, gain_db=6.0),
+                                     AugmentConfig(speed_perturb=True, gain_db=6.0, pad_s=0.2)],
+                         ids=["speed+gain", "speed+gain+pad"])
+def test_augmenting_on_the_device_trains_the_same_weights_as_in_the_loader(tmp_path, augment):
+    """data.augment_on moves the speed perturbation from the loader workers to the training
+    device: with speed and gain, the same audio, so bit-identical weights (on the CPU)."""
+    manifest, _ = make_manifest(tmp_path, count=8)
+    weights = {}
+    for place in ("loader", "device"):
+        data = DataConfig(train=str(manifest), max_frames=600, num_workers=1, augment=augment, augment_on=place)
+        trainer = Trainer(tiny_config(tmp_path / place, manifest, data=data, epochs=1, max_steps=3))
+        assert trainer.augment_on_device == (place == "device")
+        trainer.fit()
+        weights[place] = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+    assert torch.equal(weights["loader"], weights["device"])
 
 
 def test_max_steps_ends_training_early_and_resumes_to_the_end(tmp_path):
