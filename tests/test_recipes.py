@@ -46,9 +46,9 @@ def score_of(path):
 # gloo), so the margins (about 0.04 in CER, 7% in loss) are for other CPUs' arithmetic (bf16
 # kernels). The runs, and which floors CMVN switched off, shifted CTC targets and shifted
 # greedy labels miss: docs/reliability.md.
-# `bash recipes/fsdd/run.sh --quick`. CMVN switched off does not worsen it (test CER 0.8420):
-# the batch norm after its first convolution takes the features' offset and scale out;
-# tests/test_features.py is what catches that break.
+# `bash recipes/fsdd/run.sh --quick`. CMVN switched off does not worsen it (test CER 0.8420),
+# likely because the batch norm after the first convolution takes the features' offset and
+# scale out: tests/test_features.py is what catches that break.
 FSDD_QUICK_FLOORS = {
     ("decode_test", "CER"): 0.95,  # greedy, unseen speakers: measured 0.9147
     ("log.csv", "valid_loss"): 9.2,  # last epoch, dev (seen speakers): measured 8.6325
