@@ -21,7 +21,7 @@
 # (recipes/synthetic/run.sh --stage 10) for `asr stream` on this corpus (conf/gru_streaming.yaml
 # -> exp/streaming.pt; --quick: a small one from scratch), gives it stage 6's LM with weights
 # tuned for it, and scores it streamed in 160 ms chunks, greedily and with the LM.
-# --quick: 100 utterances per split, a tiny model, one epoch (CI). Stages are idempotent
+# --quick: 300 utterances per split, a small model, 5 epochs (CI). Stages are idempotent
 # (.done markers); an interrupted training resumes from exp/last.pt.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -59,7 +59,7 @@ fi
 if $quick; then
   [ "$strategy" = real ] || { echo "error: --quick trains conf/quick.yaml from scratch (strategy real)" >&2; exit 2; }
   data=${data_dir:-data/quick} exp=${exp_dir:-exp/quick} conf=conf/quick.yaml stream_conf=conf/gru_streaming_quick.yaml
-  subset="--max-utterances 100"
+  subset="--max-utterances 300"
   tune_grid="--lm-weights 0.5 1.5 --word-scores 0 3 --sample 20"
 else
   exp_default=exp
