@@ -38,19 +38,24 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-import yaml
+# every row runs on one thread: numpy's BLAS too (its threads would otherwise spin on after the
+# frontend's matrix product, adding CPU time to whatever runs next); set before numpy loads it
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from asr import runtime
-from asr.audio import SAMPLE_RATE, load_audio
-from asr.checkpoint import load_checkpoint, save_checkpoint
-from asr.export import ExportConfig, export_checkpoint
-from asr.features import LogMelFrontend, StreamingLogMel
-from asr.models import build_model
-from asr.pretrained import SAMPLES_DIR
-from asr.streaming import Recognizer, stream_audio
-from asr.text import Tokenizer
-from asr.transcribe import Transcriber
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from asr import runtime  # noqa: E402
+from asr.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from asr.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from asr.export import ExportConfig, export_checkpoint  # noqa: E402
+from asr.features import LogMelFrontend, StreamingLogMel  # noqa: E402
+from asr.models import build_model  # noqa: E402
+from asr.pretrained import SAMPLES_DIR  # noqa: E402
+from asr.streaming import Recognizer, stream_audio  # noqa: E402
+from asr.text import Tokenizer  # noqa: E402
+from asr.transcribe import Transcriber  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"offline": ROOT / "recipes/synthetic/conf/blstm_ctc.yaml",
