@@ -144,6 +144,7 @@ class BeamSearchDecoder:
         # KenLM announces every ARPA file it loads on stderr ("Loading the LM will be faster if
         # you build a binary file", a bar of stars): once per grid point in `asr tune-lm`. Its
         # errors still raise.
+        self._word_lm = None  # the lexicon-free search's word LM, when it has one
         with quiet_native_stderr():
             if options.lexicon is not None:
                 # unk_score -inf: flashlight would otherwise emit <unk> for any prefix of a lexicon word
@@ -155,11 +156,10 @@ class BeamSearchDecoder:
                     unk_score=-math.inf,
                     **common,
                 )
-            elif options.lm is not None:
-                self._word_lm = _word_lm_class()(options, tokenizer)
-                self._decoder = self._lexicon_free_decoder(self._word_lm)
             else:
-                self._decoder = self._lexicon_free_decoder(None)
+                if options.lm is not None:
+                    self._word_lm = _word_lm_class()(options, tokenizer)
+                self._decoder = self._lexicon_free_decoder(self._word_lm)
 
     def _lexicon_free_decoder(self, word_lm):
         # the word LM applies the weights itself, so the decoder's lm_weight is 1
@@ -177,10 +177,8 @@ class BeamSearchDecoder:
         if not self.can_fork:
             raise ValueError("a decoder over a lexicon cannot be forked; build another")
         other = copy.copy(self)
-        word_lm = getattr(self, "_word_lm", None)
-        if word_lm is not None:
-            other._word_lm = word_lm.fork()
-        other._decoder = other._lexicon_free_decoder(getattr(other, "_word_lm", None))
+        other._word_lm = self._word_lm.fork() if self._word_lm is not None else None
+        other._decoder = other._lexicon_free_decoder(other._word_lm)
         return other
 
     def decode(self, log_probs: torch.Tensor, lengths: torch.Tensor) -> list[Hypothesis]:

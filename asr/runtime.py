@@ -189,10 +189,8 @@ class Stepper:
         self.to_drop = self.lookahead  # outputs still to drop at the start
         self.frames = 0  # feature frames received
         self.emitted = 0  # output frames returned
-        self.ran = False  # whether the graph has run (a flush has frames to give)
 
     def _run(self, feats: np.ndarray, valid: int) -> np.ndarray:
-        self.ran = True
         log_probs, *state = self.model.session.run(
             None, {"feats": feats[None], "valid": np.array([valid], np.int64), **self.state})
         self.state = dict(zip(self.state, state))
@@ -220,7 +218,7 @@ class Stepper:
         """The rest of the utterance: the buffered features (the chunk padded with zeros, whose
         outputs the graph zeroes as ``forward`` does past the end), then chunks with no valid
         frame, which give the frames still waiting for their look-ahead."""
-        if not self.ran and not len(self.buffer):
+        if not self.frames:  # nothing received, nothing to give
             return np.zeros((0, len(self.model.tokens)), np.float32)
         total = self.model.output_frames(self.frames)
         padded = np.zeros((self.chunk, self.model.frontend.n_mels), np.float32)

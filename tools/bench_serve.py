@@ -44,7 +44,8 @@ from dataclasses import dataclass, field
 import aiohttp
 import numpy as np
 import torch
-from bench_streaming import speech_like  # tools/ is on sys.path when a tool runs as a script
+from bench_loader import cpu_seconds  # tools/ is on sys.path when a tool runs as a script
+from bench_streaming import speech_like
 
 
 def random_model(path: str) -> None:
@@ -102,19 +103,13 @@ async def one_stream(url: str, pcm: bytes, chunk_bytes: int, start_at: float) ->
     return result
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def run_level(url: str, pid: int, pcm: bytes, k: int, chunk_bytes: int, seed: int) -> dict:
     rng = random.Random(seed)
     chunk_seconds = chunk_bytes / 2 / 16000
     start = time.perf_counter() + 1.0  # the connections open first
-    cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
+    cpu0, wall0 = cpu_seconds([pid]), time.perf_counter()
     results = await asyncio.gather(*(one_stream(url, pcm, chunk_bytes, start + rng.uniform(0, chunk_seconds)) for _ in range(k)))
-    cpu, wall = cpu_seconds(pid) - cpu0, time.perf_counter() - wall0
+    cpu, wall = cpu_seconds([pid]) - cpu0, time.perf_counter() - wall0
     latencies = sorted(x for r in results for x in r.latencies)
     audio_seconds = k * len(pcm) / 2 / 16000
     return {

@@ -17,6 +17,7 @@ nothing is written beyond them and the tool fails; the synthetic train set is a 
 subset that fills what is left.
 
     python tools/pack_for_gpu.py --download-wheels     # .whl/ and .carry/english, budget from the repository
+    python tools/pack_for_gpu.py --wheels-only         # .whl/ alone (for tools/bench_loader.py on the GPU)
     python tools/pack_for_gpu.py --out .carry/english --budget-mib 30 --kbps 12
 """
 
@@ -180,9 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="encoding processes (default: 1)")
     p.add_argument("--download-wheels", action="store_true",
                    help=f"first download the wheels the GPU machine lacks into .whl/ ({', '.join(WHEELS)})")
+    p.add_argument("--wheels-only", action="store_true", help="download the wheels into .whl/ and stop (no pack)")
     args = p.parse_args(argv)
-    if args.download_wheels:
+    if args.download_wheels or args.wheels_only:
         download_wheels(ROOT / ".whl")
+        if args.wheels_only:
+            return 0
 
     if args.budget_mib is not None:
         budget, parts = int(args.budget_mib * 2**20), {"given": int(args.budget_mib * 2**20)}
