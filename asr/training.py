@@ -69,8 +69,8 @@ class OptimConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-2
     warmup_steps: int = 300
-    final_lr_ratio: float = 0.02  # cosine decay from lr to lr * final_lr_ratio
-    grad_clip: float = 5.0
+    final_lr_ratio: float = 0.02  # cosine decay from lr to lr * final_lr_ratio (1.0: constant after warm-up)
+    grad_clip: float | None = 5.0  # max global gradient norm; None: no clipping (the norm is still measured)
 
 
 @dataclass
@@ -100,6 +100,12 @@ class TrainConfig:
     save_every_steps: int = 200  # mid-epoch last.pt for resume
     log_every_steps: int = 20
     keep_epoch_checkpoints: int = 5  # for `asr average`
+    # early stopping: end training when valid_cer has not fallen below its best by more than
+    # min_delta for this many epochs in a row (needs data.valid); None trains all epochs
+    patience: int | None = None
+    min_delta: float = 0.0
+    # write every step's loss, gradient norm (before clipping) and learning rate to steps.csv
+    log_steps: bool = False
     threads: int | None = None  # torch CPU threads (default: torch's choice)
 
 
@@ -316,7 +322,12 @@ class Trainer:
         )
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         self.best_wer = math.inf
+        self.best_cer, self.epochs_without_gain = math.inf, 0  # for patience
+        self.stopped_early = False
+        self.train_seconds = 0.0  # training time over all epochs, evaluation left out (log.csv's train_s)
         self.skipped_batches = 0
+        if config.patience is not None and not config.data.valid:
+            raise ValueError("patience (early stopping) needs a validation set: set data.valid")
         self._resume()
         self.ddp_model = self.model
         if self.world_size > 1:
@@ -377,6 +388,9 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
         self.best_wer, self.skipped_batches = state["best_wer"], state["skipped_batches"]
+        self.best_cer, self.epochs_without_gain = state["best_cer"], state["epochs_without_gain"]
+        self.stopped_early, self.train_seconds = state["stopped_early"], state["train_seconds"]
+        self._truncate_steps_log()
         if state["world_size"] == self.world_size:
             _set_rng_state(state["rng"][self.rank])
         else:
@@ -406,6 +420,10 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "step": self.step,
             "best_wer": self.best_wer,
+            "best_cer": self.best_cer,
+            "epochs_without_gain": self.epochs_without_gain,
+            "stopped_early": self.stopped_early,
+            "train_seconds": self.train_seconds,
             "skipped_batches": self.skipped_batches,
             "world_size": self.world_size,
             "rng": rng,
@@ -421,7 +439,17 @@ class Trainer:
         return (time.perf_counter() - self.started) / (60 * self.config.max_minutes)
 
     def _done(self) -> bool:
-        return self.step >= self.total_steps or self._time_spent() >= 1.0
+        return self.step >= self.total_steps or self._time_spent() >= 1.0 or self.stopped_early
+
+    def _truncate_steps_log(self) -> None:
+        """Drops steps.csv rows after the resumed step: they are trained again."""
+        path = self.exp_dir / "steps.csv"
+        if not self.is_main or not path.exists():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) <= self.step]
+        with atomic_write(path) as f:
+            f.writelines(kept)
 
     def _train_step(self, batch) -> tuple[torch.Tensor, bool]:
         batch = batch.to(self.device).augmented()  # a no-op when the loader augmented it
@@ -439,7 +467,8 @@ class Trainer:
         )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.grad_clip)
+        clip = self.config.optim.grad_clip
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), math.inf if clip is None else clip)
         # A non-finite loss gives non-finite gradients on every rank (DDP averages them), so
         # all ranks skip the same steps together.
         finite = bool(torch.isfinite(grad_norm))
@@ -447,6 +476,9 @@ class Trainer:
             self.optimizer.step()
         else:
             self.skipped_batches += 1
+        if self.steps_log is not None:
+            self.steps_log.writerow([self.step, f"{loss.item():.4f}", f"{grad_norm.item():.4g}",
+                                     f"{self.scheduler.get_last_lr()[0]:.3e}"])
         self.scheduler.step()
         return loss.detach(), finite
 
@@ -467,12 +499,31 @@ class Trainer:
         )
 
     def fit(self) -> dict:
-        """Train to ``config.epochs``; returns the last validation metrics.
+        """Train to ``config.epochs`` (or until ``patience`` runs out); returns the last
+        validation metrics.
 
         Ctrl-C (one process) stops after the current step, saves ``last.pt`` at that step
         (resume continues with the next batch) and raises KeyboardInterrupt."""
-        with _stop_between_steps(self.world_size == 1) as interrupted:
+        with _stop_between_steps(self.world_size == 1) as interrupted, self._open_steps_log():
             return self._fit(interrupted)
+
+    @contextlib.contextmanager
+    def _open_steps_log(self):
+        """``self.steps_log``: a csv writer on steps.csv when ``log_steps`` is set (main process), else None."""
+        self.steps_log = None
+        if not (self.config.log_steps and self.is_main):
+            yield
+            return
+        path = self.exp_dir / "steps.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            self.steps_log = csv.writer(f, lineterminator="\n")
+            if new:
+                self.steps_log.writerow(["step", "loss", "grad_norm", "lr"])
+            try:
+                yield
+            finally:
+                self.steps_log = None
 
     def _fit(self, interrupted) -> dict:
         config = self.config
@@ -534,6 +585,7 @@ class Trainer:
                     break
             bar.close()
             elapsed = time.perf_counter() - start
+            self.train_seconds += elapsed
             train_loss = (epoch_loss + recent_loss).item() / max(1, epoch_count + recent_count)
             self.epoch += 1
             self.batch_in_epoch = 0
@@ -541,6 +593,23 @@ class Trainer:
         if self.world_size > 1:
             self._check_ranks_in_sync()
         return metrics
+
+    def _check_patience(self, valid_cer: float | None) -> None:
+        """Counts epochs without a gain in valid CER (main process) and sets ``stopped_early``
+        on every process when there have been ``patience`` of them."""
+        if self.is_main:
+            if valid_cer < self.best_cer - self.config.min_delta:
+                self.best_cer, self.epochs_without_gain = valid_cer, 0
+            else:
+                self.epochs_without_gain += 1
+            self.stopped_early = self.epochs_without_gain >= self.config.patience
+            if self.stopped_early:
+                self._log(f"early stop: valid_cer has not fallen below {self.best_cer:.4g} - {self.config.min_delta:g} "
+                          f"for {self.epochs_without_gain} epochs")
+        if self.world_size > 1:
+            flag = [self.stopped_early]
+            dist.broadcast_object_list(flag, src=0)
+            self.stopped_early = flag[0]
 
     def _check_ranks_in_sync(self) -> None:
         """DDP keeps replicas identical; a difference means a bug (e.g. rank-dependent steps)."""
@@ -556,9 +625,11 @@ class Trainer:
     def _end_of_epoch(self, train_loss: float, audio_per_second: float, log_path: Path) -> dict:
         metrics = {"epoch": self.epoch, "step": self.step, "train_loss": round(train_loss, 4),
                    "lr": self.scheduler.get_last_lr()[0], "audio_s_per_s": round(audio_per_second, 1),
-                   "skipped_batches": self.skipped_batches}
+                   "train_s": round(self.train_seconds, 1), "skipped_batches": self.skipped_batches}
         if self.is_main and self.valid_entries:
             metrics.update(evaluate(self.model, self.frontend, self.valid_entries, self.tokenizer, self.device))
+        if self.config.patience is not None:
+            self._check_patience(metrics.get("valid_cer"))
         if self.is_main:
             improved = metrics.get("valid_wer", -self.epoch) < self.best_wer
             if improved:

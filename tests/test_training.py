@@ -146,6 +146,68 @@ def test_max_steps_ends_training_early_and_resumes_to_the_end(tmp_path):
     assert longer.step == 4
 
 
+@pytest.mark.parametrize("patience", [1, 3])
+def test_patience_stops_when_the_valid_cer_stops_falling(tmp_path, monkeypatch, patience):
+    """A valid CER that never falls below epoch 1's: training stops after 1 + patience epochs,
+    and a resumed run does not train on."""
+    manifest, _ = make_manifest(tmp_path, count=8)
+    monkeypatch.setattr("asr.training.evaluate", lambda *args, **kwargs: {"valid_cer": 0.5, "valid_wer": 1.0})
+    config = tiny_config(tmp_path, manifest, epochs=10, patience=patience)
+    trainer = Trainer(config)
+    trainer.fit()
+    assert trainer.stopped_early and trainer.epoch == 1 + patience
+    rows = (tmp_path / "exp" / "log.csv").read_text().splitlines()
+    assert len(rows) == 1 + 1 + patience
+    again = Trainer(config)
+    again.fit()
+    assert again.stopped_early and again.epoch == 1 + patience
+
+
+def test_patience_counts_only_gains_larger_than_min_delta(tmp_path, monkeypatch):
+    manifest, _ = make_manifest(tmp_path, count=8)
+    cers = iter([0.9, 0.8, 0.79, 0.7, 0.69, 0.68, 0.1])
+    monkeypatch.setattr("asr.training.evaluate", lambda *args, **kwargs: {"valid_cer": next(cers), "valid_wer": 1.0})
+    trainer = Trainer(tiny_config(tmp_path, manifest, epochs=10, patience=2, min_delta=0.05))
+    trainer.fit()
+    # 0.79 is no gain on 0.8 (one), 0.7 is (reset), 0.69 and 0.68 are not (two): stop after epoch 6
+    assert trainer.epoch == 6 and trainer.best_cer == 0.7
+
+
+def test_patience_needs_a_validation_set(tmp_path):
+    manifest, _ = make_manifest(tmp_path, count=4)
+    data = DataConfig(train=str(manifest), max_frames=600, num_workers=0)
+    with pytest.raises(ValueError, match="data.valid"):
+        Trainer(tiny_config(tmp_path, manifest, data=data, patience=2))
+
+
+@pytest.mark.parametrize("grad_clip", [1e-3, None], ids=["clip", "no-clip"])
+def test_steps_log_records_every_step_and_resume_drops_the_steps_trained_again(tmp_path, grad_clip):
+    manifest, _ = make_manifest(tmp_path, count=8)
+    config = tiny_config(tmp_path, manifest, epochs=2, log_steps=True, save_every_steps=2,
+                         optim=OptimConfig(lr=1e-3, warmup_steps=2, grad_clip=grad_clip))
+    trainer = Trainer(config)
+    trainer.fit()
+    path = tmp_path / "exp" / "steps.csv"
+    rows = path.read_text().splitlines()
+    assert rows[0] == "step,loss,grad_norm,lr"
+    steps = [int(row.split(",")[0]) for row in rows[1:]]
+    assert steps == list(range(1, trainer.step + 1))
+    norms = [float(row.split(",")[2]) for row in rows[1:]]
+    # the norm before clipping: a clip of 1e-3 does not show in it
+    assert all(math.isfinite(n) and n > 1e-2 for n in norms), norms
+    # a run resumed from step 2 drops the rows after it and logs those steps again
+    last = load_checkpoint(tmp_path / "exp" / "last.pt")
+    state = last.trainer_state
+    state.update(step=2, epoch=0, batch_in_epoch=2, stopped_early=False)
+    from asr.checkpoint import save_checkpoint
+    model = last.build_model()
+    save_checkpoint(tmp_path / "exp" / "last.pt", model, last.model_name, trainer.tokenizer, last.metadata, state)
+    path.write_text("\n".join(rows + ["99,1.0,1.0,1e-3"]) + "\n")  # a row past the resumed step
+    Trainer(config).fit()
+    steps = [int(row.split(",")[0]) for row in path.read_text().splitlines()[1:]]
+    assert steps == list(range(1, trainer.step + 1))
+
+
 def test_init_from_keeps_the_checkpoints_architecture_and_weights(tmp_path):
     manifest, _ = make_manifest(tmp_path, count=8)
     first = Trainer(tiny_config(tmp_path / "a", manifest, epochs=1, max_steps=1,

@@ -1,28 +1,38 @@
-"""LSTM versus GRU, measured: BiLSTM, BiGRU, unidirectional LSTM and unidirectional GRU at the
-same parameter budget, each trained for the same wall-clock time on the synthetic recipe.
+"""The RNN study: LSTM versus GRU, bidirectional versus not, depth, layer norm and gradient
+clipping, each model trained until its dev CER stops improving.
 
-The four are the ``blstm_ctc`` model with ``cell`` and ``bidirectional`` set; everything else
-comes from the training config. The budget is the parameter count of the config's own model
-(the synthetic recipe's 3 x 256 BiLSTM by default); each variant gets the hidden size whose
-count comes closest to it (a GRU layer has three gate blocks to an LSTM's four, a
-unidirectional layer one direction to a bidirectional one's two, so they get wider layers).
+Three groups of runs, all on the same data, schedule and stopping rule:
 
-Equal time, not equal steps: each variant first trains a few batches of the training manifest
-to time its step (data loading included), then ``max_steps`` is set so that the real run fills
-``--minutes``. The step count, not a wall-clock cut-off, ends training: the learning-rate
-schedule spans the run and the run stays deterministic. Each variant then decodes the test
-set greedily on one thread, as ``asr decode`` does.
+1. **variants**: BiLSTM, BiGRU, LSTM and GRU (``blstm_ctc`` with ``cell`` and
+   ``bidirectional``) at the parameter count of the config's own model, each given the hidden
+   size whose count comes closest to it (a GRU layer has three gate blocks to an LSTM's four, a
+   unidirectional layer one direction to a bidirectional one's two, so they get wider layers);
+   one run per ``--seeds`` seed.
+2. **clipping**: the config's own model with the gradient norm clipped at 5, at 1 and not at
+   all; every step's gradient norm (before clipping) is logged to ``steps.csv``.
+3. **depth**: the variant with the lowest mean dev CER in group 1 (dev, never test, picks it),
+   at its width, with 2, 3 and 5 layers, with and without layer norm.
 
-Prints and writes ``OUT/compare_rnns.md``: parameters, steps, training minutes, training audio
-seconds per second (the Trainer's own measure), real-time factor of decoding (wall time /
-audio duration, files read and cut as ``asr transcribe`` does), test WER and CER; and a bar
-chart of WER, training throughput and RTF per variant at ``--plot`` (needs the ``[plot]``
-extra, matplotlib).
+Schedule and stopping rule: AdamW, warm-up, then a constant learning rate (a decaying schedule
+would need the run's length in advance); after each epoch the dev set is decoded greedily and
+training stops when its CER has not fallen below the best so far by more than ``--min-delta``
+for ``--patience`` epochs in a row, or after ``--max-epochs``. The epoch with the lowest dev
+CER is the model "at convergence": it decodes the test set greedily on one thread (WER, CER,
+real-time factor), as ``asr decode`` does. The unidirectional models also stream the test set
+in 160 ms chunks with their recurrent state carried (:meth:`RecurrentStack.forward_chunk`).
 
-    # the README's comparison: 4 minutes of training each, on a quiet machine (estimated 25 minutes in all)
-    python tools/compare_rnns.py --minutes 4
-    # smaller models, same budget for each: TrainConfig overrides as for asr train
-    python tools/compare_rnns.py --minutes 2 --threads 2 model_config.num_layers=2 model_config.hidden_size=192
+Runs go ``--jobs`` at a time, each a process of its own with ``--threads`` torch threads
+(its peak resident memory is measured by the process itself). A finished run leaves
+``OUT/runs/NAME/result.json`` and is not run again; an interrupted one resumes from its
+``last.pt``. The report, ``OUT/compare_rnns.md``, and the figure (``--plot``; needs the
+``[plot]`` extra, matplotlib) are written from whatever runs have finished.
+
+    # the README's study on 2 CPU cores: two runs at a time, one thread each, 1,500 utterances
+    python tools/compare_rnns.py --train-utterances 1500 --jobs 2 --threads 1
+    # on a GPU: every run at once
+    python tools/compare_rnns.py --jobs 16 --device cuda
+    # report and figure from the runs finished so far
+    python tools/compare_rnns.py --report-only
 """
 
 from __future__ import annotations
@@ -30,17 +40,21 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import math
+import json
+import os
+import random
+import resource
 import shutil
+import statistics
+import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 
 from asr.config import config_from_dict, load_config
-from asr.data.manifest import read_manifest
+from asr.data.manifest import read_manifest, write_manifest
 from asr.metrics import read_transcripts, score
 from asr.models import build_model, count_parameters
 from asr.models.blstm_ctc import BLSTMCTCConfig
@@ -51,27 +65,30 @@ from asr.transcribe import decode_manifest
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "recipes" / "synthetic" / "conf" / "blstm_ctc.yaml"
 DEFAULT_DATA = REPO / "recipes" / "synthetic" / "data" / "default"
-DEFAULT_CMVN = REPO / "recipes" / "synthetic" / "exp" / "cmvn.pt"
 VARIANTS = {  # name -> (cell, bidirectional)
     "BiLSTM": ("lstm", True),
     "BiGRU": ("gru", True),
     "LSTM": ("lstm", False),
     "GRU": ("gru", False),
 }
-PROBE_WARMUP_STEPS = 2  # untimed: the first steps pay for memory allocation and the loader's start
+GROUPS = ("variants", "clipping", "depth")
+CLIPS = (5.0, 1.0, None)
+DEPTHS = (2, 3, 5)
+STREAM_CHUNK_MS = 160
 
 
 @dataclasses.dataclass
-class VariantResult:
-    name: str
-    hidden_size: int
-    parameters: int
-    steps: int
-    train_seconds: float
-    audio_per_second: float  # audio seconds trained per second
-    rtf: float
-    wer: float
-    cer: float
+class Run:
+    name: str  # folder under OUT/runs
+    group: str  # variants, clipping or depth
+    variant: str
+    seed: int
+    model_config: dict
+    grad_clip: float | None
+
+
+# ---------------------------------------------------------------------------------------------
+# parameter budgets
 
 
 def parameter_count(model_name: str, model_config: dict) -> int:
@@ -99,95 +116,322 @@ def hidden_size_for_budget(model_name: str, model_config: dict, budget: int) -> 
     return min(candidates, key=lambda size: abs(parameters(size) - budget))
 
 
-def resolve_cmvn(cmvn: Path | None, data: Path, train_manifest: Path, n_mels: int, out: Path) -> Path:
-    """The CMVN statistics every variant starts from, so that none computes its own."""
-    if cmvn is not None:
-        return cmvn
-    if data.resolve() == DEFAULT_DATA and DEFAULT_CMVN.is_file():
-        return DEFAULT_CMVN
-    path = out / "cmvn.pt"
-    print(f"computing CMVN statistics from {train_manifest} -> {path}")
-    save_cmvn_stats(compute_cmvn_stats(train_manifest, n_mels), path)
-    return path
+def variant_configs(model_name: str, reference: dict) -> dict[str, dict]:
+    """Each variant's model config at the parameter count of ``reference``."""
+    budget = parameter_count(model_name, reference)
+    configs = {}
+    for name, (cell, bidirectional) in VARIANTS.items():
+        config = {**reference, "cell": cell, "bidirectional": bidirectional}
+        config["hidden_size"] = hidden_size_for_budget(model_name, config, budget)
+        configs[name] = config
+    return configs
 
 
-def seconds_per_step(config: TrainConfig, probe_steps: int, scratch: Path) -> tuple[float, int]:
-    """Mean wall time of a training step, data loading included, over ``probe_steps`` batches
-    after warm-up, and the number of batches per epoch.
+def first_runs(variants: dict[str, dict], reference_variant: str, seeds: list[int], groups: list[str]) -> list[Run]:
+    """The variants at every seed, then the clipping runs: the first seed's reference run is
+    clipping's run at the config's own clip, so it is among them even without the variants group."""
+    runs = [Run(f"{name.lower()}-seed{seed}", "variants", name, seed, config, CLIPS[0])
+            for name, config in variants.items() for seed in seeds
+            if "variants" in groups or ("clipping" in groups and (name, seed) == (reference_variant, seeds[0]))]
+    if "clipping" in groups:
+        runs += [Run(f"clip-{clip:g}" if clip else "clip-off", "clipping", reference_variant, seeds[0],
+                     variants[reference_variant], clip) for clip in CLIPS[1:]]
+    return runs
 
-    The probe takes the run's own first batches. Under the ``max_frames`` cap every batch holds
-    about the same padded frames, so later batches take about as long.
-    """
-    steps = PROBE_WARMUP_STEPS + 1 + probe_steps
-    # epochs=steps: enough epochs for the steps whatever the size of one (each has a batch at least)
-    trainer = Trainer(dataclasses.replace(config, exp_dir=str(scratch), max_steps=steps, epochs=steps))
-    stamps: list[float] = []
-    trainer.optimizer.register_step_post_hook(lambda *_: stamps.append(time.perf_counter()))
+
+def depth_runs(winner: str, config: dict, seed: int) -> list[Run]:
+    """The winner at each depth, with and without layer norm, at its width; the one equal to
+    the winner's own variants run is left out."""
+    runs = []
+    for layer_norm in (True, False):
+        for layers in DEPTHS:
+            changed = {**config, "num_layers": layers, "layer_norm": layer_norm}
+            if changed != config:
+                runs.append(Run(f"depth-{winner.lower()}-{layers}l-{'ln' if layer_norm else 'noln'}", "depth", winner,
+                                seed, changed, CLIPS[0]))
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------
+# one run, in its own process
+
+
+def best_epoch(log_path: Path) -> dict:
+    """The log.csv row with the lowest valid CER (the earliest of equals)."""
+    with open(log_path) as f:
+        rows = list(csv.DictReader(f))
+    return min(rows, key=lambda row: (float(row["valid_cer"]), int(row["epoch"])))
+
+
+def streaming_rtf(checkpoint: Path, manifest: Path, chunk_ms: int = STREAM_CHUNK_MS) -> float:
+    """Seconds per audio second of a unidirectional model run chunk by chunk on one thread,
+    its recurrent state carried: features, convolution and recurrence per chunk. (The
+    convolution sees each chunk alone; its one-frame look-ahead changes results at chunk edges
+    but not the cost.)"""
+    from asr.audio import load_audio
+    from asr.features import LogMelFrontend
+
+    model = _load_model(checkpoint)
+    frontend = LogMelFrontend(model.config.n_mels).eval()
+    chunk = 16000 * chunk_ms // 1000
+    seconds = audio_seconds = 0.0
+    with torch.inference_mode():
+        for entry in read_manifest(manifest):
+            audio = load_audio(entry["audio"])
+            start, states = time.perf_counter(), None
+            for begin in range(0, len(audio), chunk):
+                piece = audio[begin:begin + chunk]
+                feats, lengths = frontend(piece[None], torch.tensor([len(piece)]))
+                x, out_lengths = model.subsampling(model.cmvn(feats), lengths)
+                if x.shape[1] == 0:
+                    continue
+                x, states = model.encoder.forward_chunk(x, states)
+                model.output(x).log_softmax(dim=-1)
+            seconds += time.perf_counter() - start
+            audio_seconds += len(audio) / 16000
+    return seconds / audio_seconds
+
+
+def _load_model(checkpoint: Path):
+    from asr.checkpoint import load_checkpoint
+
+    return load_checkpoint(checkpoint).build_model()
+
+
+def run_one(spec_path: Path) -> None:
+    """Trains, picks the best dev-CER epoch, decodes the test set and writes result.json."""
+    spec = json.loads(spec_path.read_text())
+    exp_dir = spec_path.parent
+    config = config_from_dict(TrainConfig, spec["train_config"])
+    trainer = Trainer(config)
+    started = time.perf_counter()
     trainer.fit()
-    timed = stamps[PROBE_WARMUP_STEPS:]
-    if len(timed) < 2:
-        raise RuntimeError("non-finite losses skipped the probe's steps: nothing to time")
-    return (timed[-1] - timed[0]) / (len(timed) - 1), trainer.steps_per_epoch
+    wall_seconds = time.perf_counter() - started
+    peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
+
+    best = best_epoch(exp_dir / "log.csv")
+    checkpoint = exp_dir / f"epoch-{best['epoch']}.pt"
+    shutil.copyfile(checkpoint, exp_dir / "converged.pt")
+    for path in exp_dir.glob("epoch-*.pt"):  # the others take disk space and nothing reads them
+        path.unlink()
+    torch.set_num_threads(1)
+    test = Path(spec["test"])
+    started = time.perf_counter()
+    decode_manifest(exp_dir / "converged.pt", test, exp_dir / "hyp_test.txt", greedy=True)
+    decode_seconds = time.perf_counter() - started
+    test_seconds = sum(entry["duration"] for entry in read_manifest(test))
+    report = score(read_transcripts(test), read_transcripts(exp_dir / "hyp_test.txt"))
+    bidirectional = config.model_config.get("bidirectional", True)
+    result = {
+        **spec["run"],
+        "parameters": parameter_count(config.model, {"vocab_size": len(Tokenizer()), **config.model_config}),
+        "epochs": trainer.epoch,
+        "updates": trainer.step,
+        "stopped_early": trainer.stopped_early,
+        "skipped_steps": trainer.skipped_batches,
+        "best_epoch": int(best["epoch"]),
+        "best_updates": int(best["step"]),
+        "dev_cer": float(best["valid_cer"]),
+        "dev_wer": float(best["valid_wer"]),
+        "train_seconds": trainer.train_seconds,
+        "wall_seconds": wall_seconds,
+        "test_wer": report.wer,
+        "test_cer": report.cer,
+        "decode_rtf": decode_seconds / test_seconds,
+        "streaming_rtf": None if bidirectional else streaming_rtf(exp_dir / "converged.pt", test),
+        # ru_maxrss is in KiB on Linux; the loader's worker processes are not counted
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_gpu_mb": peak_gpu,
+    }
+    (exp_dir / "result.json").write_text(json.dumps(result, indent=1) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# the study
+
+
+def subset_manifest(train: Path, utterances: int | None, out: Path) -> Path:
+    """The first ``utterances`` of the training manifest in a seeded shuffle (all when None)."""
+    if utterances is None:
+        return train
+    entries = read_manifest(train)
+    if utterances > len(entries):
+        raise ValueError(f"--train-utterances {utterances}: {train} has only {len(entries)}")
+    random.Random(0).shuffle(entries)
+    write_manifest(out, entries[:utterances])
+    return out
+
+
+def launch(run: Run, base: TrainConfig, test: Path, out: Path, threads: int) -> subprocess.Popen:
+    exp_dir = out / "runs" / run.name
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    config = dataclasses.replace(base, exp_dir=str(exp_dir), model_config=run.model_config, seed=run.seed,
+                                 optim=dataclasses.replace(base.optim, grad_clip=run.grad_clip), threads=threads)
+    spec = {"run": dataclasses.asdict(run), "train_config": dataclasses.asdict(config), "test": str(test)}
+    (exp_dir / "spec.json").write_text(json.dumps(spec, indent=1) + "\n")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    with open(exp_dir / "train.log", "a") as log:
+        return subprocess.Popen([sys.executable, __file__, "--run", str(exp_dir / "spec.json")],
+                                stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def run_all(runs: list[Run], base: TrainConfig, test: Path, out: Path, jobs: int, threads: int) -> None:
+    """Runs without a result.json, ``jobs`` at a time; a failed run is reported, not fatal."""
+    queue = [run for run in runs if not (out / "runs" / run.name / "result.json").exists()]
+    running: dict[str, subprocess.Popen] = {}
+    while queue or running:
+        while queue and len(running) < jobs:
+            run = queue.pop(0)
+            print(f"{time.strftime('%H:%M:%S')} start {run.name} ({len(queue)} waiting)", flush=True)
+            running[run.name] = launch(run, base, test, out, threads)
+        time.sleep(2)
+        for name, process in list(running.items()):
+            if process.poll() is not None:
+                del running[name]
+                status = "done" if process.returncode == 0 else f"FAILED (exit {process.returncode}; see train.log)"
+                print(f"{time.strftime('%H:%M:%S')} {status}: {name}", flush=True)
+
+
+def load_results(out: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted((out / "runs").glob("*/result.json"))]
+
+
+def pick_winner(results: list[dict]) -> str | None:
+    """The variant with the lowest mean dev CER over its seeds, once every variant has a result."""
+    by_variant = {name: [r["dev_cer"] for r in results if r["group"] == "variants" and r["variant"] == name]
+                  for name in VARIANTS}
+    if not all(by_variant.values()):
+        return None
+    return min(by_variant, key=lambda name: statistics.mean(by_variant[name]))
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+
+def read_log(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(f)]
+
+
+def to_target(log: list[dict], target: float) -> tuple[int, float] | None:
+    """(updates, training seconds) at the first epoch whose dev CER is at most ``target``."""
+    for row in log:
+        if row["valid_cer"] <= target:
+            return int(row["step"]), row["train_s"]
+    return None
+
+
+def mean_range(values: list[float], digits: int = 3) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def grad_norm_summary(steps_csv: Path, clip: float | None) -> dict:
+    with open(steps_csv) as f:
+        rows = [(int(row["step"]), float(row["grad_norm"]), float(row["loss"])) for row in csv.DictReader(f)]
+    norms = sorted(norm for _, norm, _ in rows)
+    step_of_max = max(rows, key=lambda row: row[1])[0]
+    median = statistics.median(norms)
+    spikes = [step for step, norm, _ in rows if norm > 10 * median]
+    return {
+        "median": median,
+        "p99": norms[min(len(norms) - 1, int(0.99 * len(norms)))],
+        "max": norms[-1],
+        "max_step": step_of_max,
+        "clipped": sum(norm > clip for norm in norms) / len(norms) if clip else 0.0,
+        "spikes": spikes,
+        "non_finite": sum(not (norm < float("inf")) for norm in norms),
+    }
+
+
+def report(out: Path, settings: str) -> str:
+    results = load_results(out)
+    if not results:
+        return "no finished runs yet\n"
+    runs = out / "runs"
+    variants = [r for r in results if r["group"] == "variants"]
+    lines = [settings, ""]
+    if variants:
+        # the fixed dev CER for "updates to reach": the highest best-dev-CER of any variant
+        # run, so every run reaches it
+        target = round(max(r["dev_cer"] for r in variants) + 0.005, 2)
+        lines += [
+            f"### LSTM versus GRU, at equal parameter count\n",
+            f"Mean over seeds, (min-max) where there are two. \"To dev CER {target}\": updates and training minutes "
+            f"until the dev CER first reached {target} (the highest best dev CER of any variant run, so every run "
+            "reaches it).\n",
+            f"| variant | hidden | parameters | seeds | epochs | test WER | test CER | best dev CER | updates to dev CER "
+            f"{target} | training min to dev CER {target} | training audio s/s | decode RTF | streaming RTF | peak RSS MB |",
+            "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name in VARIANTS:
+            rs = [r for r in variants if r["variant"] == name]
+            if not rs:
+                continue
+            reach = [to_target(read_log(runs / r["name"] / "log.csv"), target) for r in rs]
+            audio_rate = [trained_audio_per_second(runs / r["name"] / "log.csv") for r in rs]
+            stream = [r["streaming_rtf"] for r in rs if r["streaming_rtf"] is not None]
+            lines.append(
+                f"| {name} | {rs[0]['model_config']['hidden_size']} | {rs[0]['parameters']:,} | {len(rs)} | "
+                f"{', '.join(str(r['epochs']) for r in rs)} | {mean_range([r['test_wer'] for r in rs])} | "
+                f"{mean_range([r['test_cer'] for r in rs])} | {mean_range([r['dev_cer'] for r in rs])} | "
+                f"{mean_range([x[0] for x in reach], 0)} | {mean_range([x[1] / 60 for x in reach], 1)} | "
+                f"{mean_range(audio_rate, 0)} | {mean_range([r['decode_rtf'] for r in rs], 4)} | "
+                f"{mean_range(stream, 4) if stream else '-'} | {max(r['peak_rss_mb'] for r in rs):.0f} |"
+            )
+        lines.append("")
+    depth = [r for r in results if r["group"] == "depth"]
+    if depth:
+        winner = depth[0]["variant"]
+        own = [r for r in variants if r["variant"] == winner and r["seed"] == depth[0]["seed"]]
+        lines += [
+            f"### Depth and layer norm ({winner}, hidden size {depth[0]['model_config']['hidden_size']}, seed "
+            f"{depth[0]['seed']})\n",
+            "| layers | layer norm | parameters | epochs | updates | best dev CER | test WER | test CER | training audio s/s | "
+            "decode RTF | skipped steps |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        rows = sorted(depth + own, key=lambda r: (not r["model_config"]["layer_norm"], r["model_config"]["num_layers"]))
+        for r in rows:
+            lines.append(
+                f"| {r['model_config']['num_layers']} | {'yes' if r['model_config']['layer_norm'] else 'no'} | "
+                f"{r['parameters']:,} | {r['epochs']} | {r['updates']} | {r['dev_cer']:.3f} | {r['test_wer']:.3f} | "
+                f"{r['test_cer']:.3f} | {trained_audio_per_second(runs / r['name'] / 'log.csv'):.0f} | "
+                f"{r['decode_rtf']:.4f} | {r['skipped_steps']} |"
+            )
+        lines.append("")
+    clipping = [r for r in results if r["group"] == "clipping"]
+    if clipping:
+        reference = clipping[0]["variant"]
+        own = [r for r in variants if r["variant"] == reference and r["seed"] == clipping[0]["seed"]]
+        lines += [
+            f"### Gradient clipping ({reference}, seed {clipping[0]['seed']})\n",
+            "Gradient norms are measured before clipping, at every step. A spike is a step whose norm is over 10x "
+            "the run's median.\n",
+            "| clip | median norm | p99 norm | max norm (step) | steps clipped | spikes (first steps) | non-finite steps | "
+            "epochs | best dev CER | test WER | test CER |",
+            "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        ]
+        for r in sorted(own + clipping, key=lambda r: -(r["grad_clip"] or 0)):
+            g = grad_norm_summary(runs / r["name"] / "steps.csv", r["grad_clip"])
+            spikes = f"{len(g['spikes'])}" + (f" ({', '.join(map(str, g['spikes'][:5]))})" if g["spikes"] else "")
+            lines.append(
+                f"| {r['grad_clip'] if r['grad_clip'] else 'off'} | {g['median']:.2f} | {g['p99']:.2f} | "
+                f"{g['max']:.1f} ({g['max_step']}) | {g['clipped']:.0%} | {spikes} | {g['non_finite']} | {r['epochs']} | "
+                f"{r['dev_cer']:.3f} | {r['test_wer']:.3f} | {r['test_cer']:.3f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
 
 
 def trained_audio_per_second(log_path: Path) -> float:
     """The Trainer's audio seconds per second from its log.csv, epochs weighted by their steps."""
-    with open(log_path) as f:
-        rows = list(csv.DictReader(f))
+    rows = read_log(log_path)
     steps = [int(row["step"]) for row in rows]
     epoch_steps = [end - start for start, end in zip([0] + steps, steps)]
-    return sum(n * float(row["audio_s_per_s"]) for n, row in zip(epoch_steps, rows)) / steps[-1]
-
-
-def decode_test_set(checkpoint: Path, manifest: Path, hyp_path: Path) -> tuple[float, float, float]:
-    """Greedy decoding of ``manifest`` on one thread, as ``asr decode`` does it:
-    (real-time factor, WER, CER)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        start = time.perf_counter()
-        decode_manifest(checkpoint, manifest, hyp_path, greedy=True)
-        seconds = time.perf_counter() - start
-    finally:
-        torch.set_num_threads(threads)
-    audio_seconds = sum(entry["duration"] for entry in read_manifest(manifest))
-    report = score(read_transcripts(manifest), read_transcripts(hyp_path))
-    return seconds / audio_seconds, report.wer, report.cer
-
-
-def run_variant(name: str, config: TrainConfig, test_manifest: Path, minutes: float, probe_steps: int,
-                out: Path) -> VariantResult:
-    exp_dir = out / name.lower()
-    if exp_dir.exists():  # the Trainer would resume an earlier comparison's run from its last.pt
-        print(f"{name}: removing the earlier run in {exp_dir}")
-        shutil.rmtree(exp_dir)
-    with tempfile.TemporaryDirectory(dir=out, prefix=f".probe-{name.lower()}-") as scratch:
-        step_seconds, steps_per_epoch = seconds_per_step(config, probe_steps, Path(scratch))
-    max_steps = max(1, int(minutes * 60 / step_seconds))
-    epochs = math.ceil(max_steps / steps_per_epoch)
-    print(f"{name}: {step_seconds:.3f} s per step -> {max_steps} steps ({epochs} epoch(s) of at most "
-          f"{steps_per_epoch} batches) in {minutes:g} min")
-    run = dataclasses.replace(config, exp_dir=str(exp_dir), max_steps=max_steps, epochs=epochs)
-    trainer = Trainer(run)
-    start = time.perf_counter()
-    trainer.fit()
-    train_seconds = time.perf_counter() - start
-    rtf, wer, cer = decode_test_set(exp_dir / "last.pt", test_manifest, exp_dir / "hyp_test.txt")
-    return VariantResult(name, run.model_config["hidden_size"], parameter_count(run.model, run.model_config),
-                         max_steps, train_seconds, trained_audio_per_second(exp_dir / "log.csv"), rtf, wer, cer)
-
-
-def markdown_table(results: list[VariantResult]) -> str:
-    lines = [
-        "| variant | hidden size | parameters | steps | training min | training audio s/s | RTF (1 thread) | test WER | test CER |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {r.name} | {r.hidden_size} | {r.parameters:,} | {r.steps} | {r.train_seconds / 60:.1f} | "
-        f"{r.audio_per_second:.0f} | {r.rtf:.4f} | {r.wer:.3f} | {r.cer:.3f} |"
-        for r in results
-    ]
-    return "\n".join(lines) + "\n"
+    return sum(n * row["audio_s_per_s"] for n, row in zip(epoch_steps, rows)) / steps[-1]
 
 
 def load_pyplot():
@@ -203,94 +447,138 @@ def load_pyplot():
     return pyplot
 
 
-def plot_results(pyplot, results: list[VariantResult], title: str, path: Path) -> None:
-    """Bars per variant: test WER, training throughput, decoding RTF."""
-    names = [r.name for r in results]
-    panels = [
-        ("test WER (lower is better)", [r.wer for r in results], "{:.3f}"),
-        ("training audio s/s (higher is better)", [r.audio_per_second for r in results], "{:.0f}"),
-        ("decoding RTF, 1 thread (lower is better)", [r.rtf for r in results], "{:.4f}"),
-    ]
-    figure, axes = pyplot.subplots(1, len(panels), figsize=(11, 3.4))
-    colours = ["tab:blue", "tab:orange", "tab:cyan", "tab:red"]
-    for ax, (label, values, number) in zip(axes, panels):
-        bars = ax.bar(names, values, color=colours[: len(names)])
-        ax.bar_label(bars, labels=[number.format(v) for v in values], fontsize=8)
-        ax.set_title(label, fontsize=10)
-        ax.margins(y=0.15)  # room for the numbers above the bars
-    figure.suptitle(title, fontsize=10)
+def plot(pyplot, out: Path, path: Path) -> None:
+    """Dev CER per update (variants; depth) and gradient norms per step (clipping)."""
+    results = load_results(out)
+    runs = out / "runs"
+    figure, axes = pyplot.subplots(1, 3, figsize=(15, 4))
+    colours = dict(zip(VARIANTS, ["tab:blue", "tab:orange", "tab:cyan", "tab:red"]))
+    for r in results:
+        log = read_log(runs / r["name"] / "log.csv")
+        steps, cer = [row["step"] for row in log], [row["valid_cer"] for row in log]
+        if r["group"] == "variants":
+            axes[0].plot(steps, cer, color=colours[r["variant"]], linestyle="-" if r["seed"] == 0 else "--",
+                         label=f"{r['variant']} seed {r['seed']}")
+        if r["group"] == "depth" or (r["group"] == "variants" and any(
+                d["group"] == "depth" and d["variant"] == r["variant"] and d["seed"] == r["seed"] for d in results)):
+            config = r["model_config"]
+            axes[1].plot(steps, cer, linestyle="-" if config["layer_norm"] else "--",
+                         label=f"{config['num_layers']} layers{', layer norm' if config['layer_norm'] else ''}")
+    for r in sorted((r for r in results if r["group"] == "clipping" or (
+            r["group"] == "variants" and any(c["group"] == "clipping" and c["variant"] == r["variant"]
+                                             and c["seed"] == r["seed"] for c in results))),
+                    key=lambda r: -(r["grad_clip"] or 0)):
+        with open(runs / r["name"] / "steps.csv") as f:
+            rows = list(csv.DictReader(f))
+        axes[2].plot([int(row["step"]) for row in rows], [float(row["grad_norm"]) for row in rows], linewidth=0.5,
+                     alpha=0.7, label=f"clip {r['grad_clip']:g}" if r["grad_clip"] else "no clipping")
+    for ax, title, ylabel in ((axes[0], "LSTM vs GRU: dev CER", "dev CER (greedy)"),
+                              (axes[1], "depth and layer norm: dev CER", "dev CER (greedy)"),
+                              (axes[2], "gradient norm before clipping", "global L2 norm")):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("update")
+        ax.set_ylabel(ylabel)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    axes[0].set_ylim(0, 1.05)
+    axes[1].set_ylim(0, 1.05)
+    axes[2].set_yscale("log")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=110)
     pyplot.close(figure)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                        help="training YAML; its model's parameter count is the budget (default: %(default)s)")
+                        help="training YAML; its model is the parameter budget and clipping's model (default: %(default)s)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help="folder with train.jsonl and test.jsonl manifests (default: %(default)s)")
-    parser.add_argument("--cmvn", type=Path, help="CMVN statistics from asr compute-cmvn (default: "
-                        f"{DEFAULT_CMVN} with the default --data, if it exists; else computed from the training "
-                        "manifest into OUT/cmvn.pt)")
-    parser.add_argument("--minutes", type=float, default=4.0, help="training time of each variant (default: 4)")
-    parser.add_argument("--probe-steps", type=int, default=10,
-                        help="timed steps that set each variant's max_steps (default: 10)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads for training (default: torch's choice); "
-                        "decoding always runs on one")
+                        help="folder with train.jsonl, dev.jsonl and test.jsonl manifests (default: %(default)s)")
+    parser.add_argument("--train-utterances", type=int,
+                        help="train on this many utterances of train.jsonl (a seeded random subset; default: all)")
+    parser.add_argument("--cmvn", type=Path, help="CMVN statistics from asr compute-cmvn (default: computed from "
+                        "the training utterances into OUT/cmvn.pt)")
+    parser.add_argument("--groups", nargs="+", choices=GROUPS, default=list(GROUPS),
+                        help="which groups of runs (default: all; depth needs the variants' results)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="seeds of the variant runs (default: 0 1)")
+    parser.add_argument("--max-epochs", type=int, default=40, help="the cap on each run (default: 40)")
+    parser.add_argument("--patience", type=int, default=3,
+                        help="stop after this many epochs without a gain in dev CER (default: 3)")
+    parser.add_argument("--min-delta", type=float, default=0.002,
+                        help="the fall in dev CER that counts as a gain (default: 0.002)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (default: 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads of each run (default: 1)")
+    parser.add_argument("--device", default="auto", help="training device (default: auto)")
     parser.add_argument("--out", type=Path, default=REPO / "exp" / "compare_rnns",
-                        help="experiment folders and compare_rnns.md (default: %(default)s)")
+                        help="runs and compare_rnns.md (default: %(default)s)")
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "compare_rnns.png",
-                        help="bar chart PNG (default: %(default)s)")
+                        help="figure PNG (default: %(default)s)")
+    parser.add_argument("--report-only", action="store_true", help="write the report and figure from finished runs")
+    parser.add_argument("--run", type=Path, help=argparse.SUPPRESS)  # one run's spec.json, in a child process
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="TrainConfig overrides as for asr train, e.g. model_config.num_layers=2")
     args = parser.parse_args(argv)
+    if args.run is not None:
+        run_one(args.run)
+        return
 
-    train_manifest, test_manifest = args.data / "train.jsonl", args.data / "test.jsonl"
-    for path in (args.config, train_manifest, test_manifest, args.cmvn):
+    for path in (args.config, args.data / "train.jsonl", args.data / "dev.jsonl", args.data / "test.jsonl", args.cmvn):
         if path is not None and not path.is_file():
             parser.error(f"{path}: no such file")
     try:
-        config = load_config(TrainConfig, args.config, args.overrides)
+        config = load_config(TrainConfig, args.config, [
+            # the study's schedule and stopping rule; the command line's overrides come after
+            "optim.final_lr_ratio=1.0", f"epochs={args.max_epochs}", f"patience={args.patience}",
+            f"min_delta={args.min_delta}", f"keep_epoch_checkpoints={args.max_epochs}", "log_steps=true",
+            f"device={args.device}", *args.overrides,
+        ])
     except ValueError as err:
         parser.error(str(err))
     if config.model != "blstm_ctc":
         parser.error(f"the variants are blstm_ctc's cells and directions; {args.config} trains {config.model}")
     pyplot = load_pyplot()  # now, not after the training, so that a missing matplotlib shows early
     args.out.mkdir(parents=True, exist_ok=True)
+    settings = (
+        f"Each run: {args.config.name}'s training settings; constant learning rate after warm-up; stops when the dev "
+        f"CER has not fallen by more than {args.min_delta:g} for {args.patience} epochs (at most {args.max_epochs}); "
+        f"the best dev-CER epoch decodes the test set greedily on one thread. Training data: "
+        f"{args.train_utterances or 'all'} utterances of {args.data / 'train.jsonl'}; {args.threads} thread(s) per run, "
+        f"{args.jobs} run(s) at a time, on {'a GPU' if torch.cuda.is_available() and args.device != 'cpu' else 'CPU'}."
+    )
 
-    reference = {"vocab_size": len(Tokenizer()), **config.model_config}
-    budget = parameter_count(config.model, reference)
-    print(f"budget: {budget:,} parameters ({args.config.name}: {config.model_config})")
-    variant_configs = {}
-    for name, (cell, bidirectional) in VARIANTS.items():
-        model_config = {**reference, "cell": cell, "bidirectional": bidirectional}
-        model_config["hidden_size"] = hidden_size_for_budget(config.model, model_config, budget)
-        parameters = parameter_count(config.model, model_config)
-        print(f"{name:>6}: hidden_size={model_config['hidden_size']}, {parameters:,} parameters "
-              f"({parameters / budget - 1:+.1%})")
-        variant_configs[name] = model_config
+    if not args.report_only:
+        train = subset_manifest(args.data / "train.jsonl", args.train_utterances, args.out / "train.jsonl")
+        reference = {"vocab_size": len(Tokenizer()), **config.model_config}
+        n_mels = config_from_dict(BLSTMCTCConfig, reference).n_mels
+        cmvn = args.cmvn or args.out / "cmvn.pt"
+        if not cmvn.is_file():
+            print(f"computing CMVN statistics from {train} -> {cmvn}")
+            save_cmvn_stats(compute_cmvn_stats(train, n_mels), cmvn)
+        base = dataclasses.replace(config, cmvn=str(cmvn), data=dataclasses.replace(
+            config.data, train=str(train), valid=str(args.data / "dev.jsonl")))
+        variants = variant_configs(config.model, reference)
+        reference_variant = next(name for name, (cell, bidirectional) in VARIANTS.items()
+                                 if (cell, bidirectional) == (reference.get("cell", "lstm"), reference.get("bidirectional", True)))
+        for name, model_config in variants.items():
+            parameters = parameter_count(config.model, model_config)
+            print(f"{name:>6}: hidden_size={model_config['hidden_size']}, {parameters:,} parameters")
+        test = args.data / "test.jsonl"
+        run_all(first_runs(variants, reference_variant, args.seeds, args.groups), base, test, args.out, args.jobs,
+                args.threads)
+        winner = pick_winner(load_results(args.out)) if "depth" in args.groups else None
+        if "depth" in args.groups and winner is None:
+            print("no result for some variant: no winner, so no depth runs", file=sys.stderr)
+        elif winner is not None:
+            print(f"lowest mean dev CER: {winner}; depth runs at its width")
+            run_all(depth_runs(winner, variants[winner], args.seeds[0]), base, test, args.out, args.jobs, args.threads)
 
-    n_mels = config_from_dict(BLSTMCTCConfig, reference).n_mels
-    cmvn = resolve_cmvn(args.cmvn, args.data, train_manifest, n_mels, args.out)
-    # no validation set: the comparison scores the test set once, after the run
-    data = dataclasses.replace(config.data, train=str(train_manifest), valid=None)
-    results = []
-    for name, model_config in variant_configs.items():
-        variant = dataclasses.replace(config, model_config=model_config, data=data, cmvn=str(cmvn), threads=args.threads)
-        results.append(run_variant(name, variant, test_manifest, args.minutes, args.probe_steps, args.out))
-
-    threads = f"{args.threads} thread(s)" if args.threads else f"torch's default threads ({torch.get_num_threads()})"
-    setup = (f"{args.minutes:g} min of training each ({threads}) with {args.config.name} on {train_manifest}; "
-             f"greedy decoding of {test_manifest} on one thread.")
-    report = f"{setup}\n\n{markdown_table(results)}"
-    print(f"\n{report}")
-    (args.out / "compare_rnns.md").write_text(report)
+    text = report(args.out, settings)
+    print(f"\n{text}")
+    (args.out / "compare_rnns.md").write_text(text)
     print(f"wrote {args.out / 'compare_rnns.md'}")
-    if pyplot is not None:
-        plot_results(pyplot, results, f"{args.minutes:g} min of training each, about {budget:,} parameters",
-                     args.plot)
+    if pyplot is not None and load_results(args.out):
+        plot(pyplot, args.out, args.plot)
         print(f"wrote {args.plot}")
 
 

@@ -146,6 +146,34 @@ class RecurrentStack(nn.Module):
             x = y
         return x
 
+    def forward_chunk(self, x: torch.Tensor, states: list | None) -> tuple[torch.Tensor, list]:
+        """A unidirectional stack, chunk by chunk: the frames of one chunk and each layer's state
+        after the previous one (None at the start) -> the chunk's outputs and the new states.
+        Chunks in sequence give the outputs of :meth:`forward` on the whole (inference only).
+
+        Shapes: ``(batch, frames, input)`` -> ``(batch, frames, hidden)``.
+        """
+        if self.rnn.bidirectional:
+            raise ValueError("a bidirectional stack needs the whole sequence: it cannot run chunk by chunk")
+        new_states = []
+        for layer in range(self.rnn.num_layers):
+            weights = [getattr(self.rnn, f"{name}_l{layer}") for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            if states is None:
+                zeros = x.new_zeros(1, x.shape[0], self.rnn.hidden_size)
+                state = (zeros, zeros) if isinstance(self.rnn, nn.LSTM) else zeros
+            else:
+                state = states[layer]
+            if isinstance(self.rnn, nn.LSTM):
+                y, h, c = torch.lstm(x, state, weights, True, 1, 0.0, False, False, True)
+                new_states.append((h, c))
+            else:
+                y, h = torch.gru(x, state, weights, True, 1, 0.0, False, False, True)
+                new_states.append(h)
+            if self.norms is not None:
+                y = self.norms[layer](y + x if y.shape == x.shape else y)
+            x = y
+        return x, new_states
+
     def forward_packed(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The same through packed sequences (zeros in the padding); plain stacks only."""
         if self.norms is not None:
