@@ -56,6 +56,29 @@ def test_batched_equals_alone(layer_norm):
         assert torch.allclose(alone[0], batched[i, : out_lengths[i]], atol=1e-5)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_unidirectional_stack_chunk_by_chunk_equals_whole(cell, layer_norm):
+    torch.manual_seed(0)
+    stack = RecurrentStack(cell, 12, 16, 3, bidirectional=False, dropout=0.0, layer_norm=layer_norm).eval()
+    x = torch.randn(2, 23, 12)
+    whole = stack(x, torch.tensor([23, 23]))
+    pieces, states = [], None
+    for start in range(0, 23, 5):  # uneven last chunk
+        y, states = stack.forward_chunk(x[:, start:start + 5], states)
+        pieces.append(y)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), whole, rtol=1e-5, atol=1e-6)
+    # the state is carried: chunks started afresh differ
+    fresh = torch.cat([stack.forward_chunk(x[:, s:s + 5], None)[0] for s in range(0, 23, 5)], dim=1)
+    assert not torch.allclose(fresh, whole, atol=1e-3)
+
+
+def test_bidirectional_stack_refuses_chunks():
+    stack = RecurrentStack("lstm", 12, 16, 1, bidirectional=True, dropout=0.0)
+    with pytest.raises(ValueError, match="whole sequence"):
+        stack.forward_chunk(torch.randn(1, 5, 12), None)
+
+
 def test_parameter_count_printed(capsys):
     model = build_model("blstm_ctc", {"hidden_size": 64, "num_layers": 1})
     assert f"{count_parameters(model) / 1e6:.2f}M parameters" in capsys.readouterr().out
