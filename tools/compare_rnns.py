@@ -389,17 +389,20 @@ def report(out: Path, settings: str) -> str:
         lines += [
             f"### Depth and layer norm ({winner}, hidden size {depth[0]['model_config']['hidden_size']}, seed "
             f"{depth[0]['seed']})\n",
+            "Gradient norms before clipping; a spike is a step whose norm is over 10x the run's median.\n",
             "| layers | layer norm | parameters | epochs | updates | best dev CER | test WER | test CER | training audio s/s | "
-            "decode RTF | skipped steps |",
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "decode RTF | median / max gradient norm (step) | steps clipped | spikes | skipped steps |",
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         rows = sorted(depth + own, key=lambda r: (not r["model_config"]["layer_norm"], r["model_config"]["num_layers"]))
         for r in rows:
+            g = grad_norm_summary(runs / r["name"] / "steps.csv", r["grad_clip"])
             lines.append(
                 f"| {r['model_config']['num_layers']} | {'yes' if r['model_config']['layer_norm'] else 'no'} | "
                 f"{r['parameters']:,} | {r['epochs']} | {r['updates']} | {r['dev_cer']:.3f} | {r['test_wer']:.3f} | "
                 f"{r['test_cer']:.3f} | {trained_audio_per_second(runs / r['name'] / 'log.csv'):.0f} | "
-                f"{r['decode_rtf']:.4f} | {r['skipped_steps']} |"
+                f"{r['decode_rtf']:.4f} | {g['median']:.2f} / {g['max']:.1f} ({g['max_step']}) | {g['clipped']:.0%} | "
+                f"{len(g['spikes'])} | {r['skipped_steps']} |"
             )
         lines.append("")
     clipping = [r for r in results if r["group"] == "clipping"]
