@@ -451,44 +451,57 @@ def load_pyplot():
 
 
 def plot(pyplot, out: Path, path: Path) -> None:
-    """Dev CER per update (variants; depth) and gradient norms per step (clipping)."""
+    """Dev CER per update and per training minute (variants), per update (depth), and gradient
+    norms per step (clipping: the median and the maximum of every 25 steps)."""
+    import numpy as np
+
     results = load_results(out)
+    order = {name: i for i, name in enumerate(VARIANTS)}
+    results.sort(key=lambda r: (order[r["variant"]], r["seed"], r["name"]))
     runs = out / "runs"
-    figure, axes = pyplot.subplots(1, 3, figsize=(15, 4))
+    figure, axes = pyplot.subplots(1, 4, figsize=(19, 4.2))
     colours = dict(zip(VARIANTS, ["tab:blue", "tab:orange", "tab:cyan", "tab:red"]))
+    depth_of = {(r["variant"], r["seed"]) for r in results if r["group"] == "depth"}
+    clipping_of = {(r["variant"], r["seed"]) for r in results if r["group"] == "clipping"}
+    clipping_runs = []
     for r in results:
         log = read_log(runs / r["name"] / "log.csv")
-        steps, cer = [row["step"] for row in log], [row["valid_cer"] for row in log]
+        steps, minutes, cer = [row["step"] for row in log], [row["train_s"] / 60 for row in log], [row["valid_cer"] for row in log]
         if r["group"] == "variants":
-            axes[0].plot(steps, cer, color=colours[r["variant"]], linestyle="-" if r["seed"] == 0 else "--",
-                         label=f"{r['variant']} seed {r['seed']}")
-        if r["group"] == "depth" or (r["group"] == "variants" and any(
-                d["group"] == "depth" and d["variant"] == r["variant"] and d["seed"] == r["seed"] for d in results)):
+            style = dict(color=colours[r["variant"]], linestyle="-" if r["seed"] == min(
+                x["seed"] for x in results if x["group"] == "variants") else "--", label=f"{r['variant']} seed {r['seed']}")
+            axes[0].plot(steps, cer, **style)
+            axes[1].plot(minutes, cer, **style)
+        if r["group"] == "depth" or (r["group"] == "variants" and (r["variant"], r["seed"]) in depth_of):
             config = r["model_config"]
-            axes[1].plot(steps, cer, linestyle="-" if config["layer_norm"] else "--",
+            axes[2].plot(steps, cer, linestyle="-" if config["layer_norm"] else "--", marker=".",
                          label=f"{config['num_layers']} layers{', layer norm' if config['layer_norm'] else ''}")
-    for r in sorted((r for r in results if r["group"] == "clipping" or (
-            r["group"] == "variants" and any(c["group"] == "clipping" and c["variant"] == r["variant"]
-                                             and c["seed"] == r["seed"] for c in results))),
-                    key=lambda r: -(r["grad_clip"] or 0)):
+        if r["group"] == "clipping" or (r["group"] == "variants" and (r["variant"], r["seed"]) in clipping_of):
+            clipping_runs.append(r)
+    window = 25
+    for r in sorted(clipping_runs, key=lambda r: -(r["grad_clip"] or 0)):
         with open(runs / r["name"] / "steps.csv") as f:
-            rows = list(csv.DictReader(f))
-        axes[2].plot([int(row["step"]) for row in rows], [float(row["grad_norm"]) for row in rows], linewidth=0.5,
-                     alpha=0.7, label=f"clip {r['grad_clip']:g}" if r["grad_clip"] else "no clipping")
-    for ax, title, ylabel in ((axes[0], "LSTM vs GRU: dev CER", "dev CER (greedy)"),
-                              (axes[1], "depth and layer norm: dev CER", "dev CER (greedy)"),
-                              (axes[2], "gradient norm before clipping", "global L2 norm")):
+            norms = np.array([float(row["grad_norm"]) for row in csv.DictReader(f)])
+        blocks = norms[: len(norms) // window * window].reshape(-1, window)
+        x = (np.arange(len(blocks)) + 0.5) * window
+        label = f"clip {r['grad_clip']:g}" if r["grad_clip"] else "no clipping"
+        line, = axes[3].plot(x, np.median(blocks, axis=1), label=f"{label}: median")
+        axes[3].plot(x, blocks.max(axis=1), color=line.get_color(), linewidth=0.6, alpha=0.6, label=f"{label}: max")
+    titles = (("LSTM vs GRU: dev CER per update", "update"), ("LSTM vs GRU: dev CER per training minute", "training minutes"),
+              ("depth and layer norm: dev CER per update", "update"),
+              ("gradient norm before clipping, per 25 updates", "update"))
+    for ax, (title, xlabel) in zip(axes, titles):
         ax.set_title(title, fontsize=10)
-        ax.set_xlabel("update")
-        ax.set_ylabel(ylabel)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("dev CER (greedy)" if ax is not axes[3] else "global L2 norm")
         if ax.lines:
             ax.legend(fontsize=7)
-    axes[0].set_ylim(0, 1.05)
-    axes[1].set_ylim(0, 1.05)
-    axes[2].set_yscale("log")
+        if ax is not axes[3]:
+            ax.set_ylim(0.3, 1.02)
+    axes[3].set_yscale("log")
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=100)
     pyplot.close(figure)
 
 
