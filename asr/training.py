@@ -326,6 +326,7 @@ class Trainer:
         self.stopped_early = False
         self.train_seconds = 0.0  # training time over all epochs, evaluation left out (log.csv's train_s)
         self.skipped_batches = 0
+        self.steps_log = None  # a csv writer on steps.csv while fit() runs with log_steps
         if config.patience is not None and not config.data.valid:
             raise ValueError("patience (early stopping) needs a validation set: set data.valid")
         self._resume()
@@ -509,8 +510,7 @@ class Trainer:
 
     @contextlib.contextmanager
     def _open_steps_log(self):
-        """``self.steps_log``: a csv writer on steps.csv when ``log_steps`` is set (main process), else None."""
-        self.steps_log = None
+        """``self.steps_log``: a csv writer on steps.csv when ``log_steps`` is set (main process)."""
         if not (self.config.log_steps and self.is_main):
             yield
             return

@@ -457,7 +457,8 @@ def plot(pyplot, out: Path, path: Path) -> None:
 
     results = load_results(out)
     order = {name: i for i, name in enumerate(VARIANTS)}
-    results.sort(key=lambda r: (order[r["variant"]], r["seed"], r["name"]))
+    results.sort(key=lambda r: (order[r["variant"]], r["seed"], not r["model_config"]["layer_norm"],
+                                r["model_config"]["num_layers"], r["name"]))
     runs = out / "runs"
     figure, axes = pyplot.subplots(1, 4, figsize=(19, 4.2))
     colours = dict(zip(VARIANTS, ["tab:blue", "tab:orange", "tab:cyan", "tab:red"]))
@@ -475,7 +476,7 @@ def plot(pyplot, out: Path, path: Path) -> None:
         if r["group"] == "depth" or (r["group"] == "variants" and (r["variant"], r["seed"]) in depth_of):
             config = r["model_config"]
             axes[2].plot(steps, cer, linestyle="-" if config["layer_norm"] else "--", marker=".",
-                         label=f"{config['num_layers']} layers{', layer norm' if config['layer_norm'] else ''}")
+                         label=f"{config['num_layers']} layers, {'layer norm' if config['layer_norm'] else 'no layer norm'}")
         if r["group"] == "clipping" or (r["group"] == "variants" and (r["variant"], r["seed"]) in clipping_of):
             clipping_runs.append(r)
     window = 25
