@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -34,13 +33,17 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", encoding: str | None 
     ``KeyboardInterrupt`` included, it is removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The name is drawn before the file is made, and the file made inside the try: a Ctrl-C
+    # that lands just after the file appears (tempfile.mkstemp returning) would otherwise leave
+    # it behind. 64 random bits and O_EXCL: no other writer holds the name.
+    tmp = path.parent / f".{path.name}.{os.urandom(8).hex()}.tmp"
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding,
                        newline=None if "b" in mode else newline) as f:
             yield f
             f.flush()
-            os.fchmod(f.fileno(), _CREATE_MODE)  # mkstemp's 0600 would hide it from other users
+            os.fchmod(f.fileno(), _CREATE_MODE)  # open()'s mode for the file, which 0600 would hide from other users
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as err:

@@ -39,3 +39,19 @@ def test_an_error_leaves_the_old_file_and_no_temporary(tmp_path):
         raise KeyboardInterrupt
     assert path.read_text() == "old\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stats.txt"]
+
+
+def test_ctrl_c_just_as_the_temporary_appears_leaves_nothing(tmp_path, monkeypatch):
+    """The window between the temporary file's creation and the code that cleans it up: a
+    SIGINT there (raised as the creating call returns) must not leave a .tmp file behind."""
+    real_open = os.open
+
+    def open_then_interrupt(*args, **kwargs):
+        real_open(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "open", open_then_interrupt)
+    with pytest.raises(KeyboardInterrupt), atomic_write(tmp_path / "hyp.txt") as f:
+        f.write("never")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
