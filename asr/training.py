@@ -72,6 +72,11 @@ class OptimConfig:
     final_lr_ratio: float = 0.02  # cosine decay from lr to lr * final_lr_ratio (1.0: constant after warm-up)
     grad_clip: float | None = 5.0  # max global gradient norm; None: no clipping (the norm is still measured)
 
+    @property
+    def max_grad_norm(self) -> float:
+        """``grad_clip`` as ``clip_grad_norm_``'s ``max_norm``: infinite when clipping is off."""
+        return math.inf if self.grad_clip is None else self.grad_clip
+
 
 @dataclass
 class TrainConfig:
@@ -468,8 +473,7 @@ class Trainer:
         )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        clip = self.config.optim.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), math.inf if clip is None else clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.optim.max_grad_norm)
         # A non-finite loss gives non-finite gradients on every rank (DDP averages them), so
         # all ranks skip the same steps together.
         finite = bool(torch.isfinite(grad_norm))

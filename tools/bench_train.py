@@ -188,8 +188,7 @@ def train_steps(model, batches: list[dict], device: torch.device, config: TrainC
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            clip = config.optim.grad_clip
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), math.inf if clip is None else clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
             if torch.isfinite(grad_norm):  # waits for the GPU, as the Trainer's check does
                 optimizer.step()
             if device.type == "cuda":

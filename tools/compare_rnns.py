@@ -53,6 +53,7 @@ from pathlib import Path
 
 import torch
 
+from asr.checkpoint import load_checkpoint
 from asr.config import config_from_dict, load_config
 from asr.data.manifest import read_manifest, write_manifest
 from asr.metrics import read_transcripts, score
@@ -158,9 +159,7 @@ def depth_runs(winner: str, config: dict, seed: int) -> list[Run]:
 
 def best_epoch(log_path: Path) -> dict:
     """The log.csv row with the lowest valid CER (the earliest of equals)."""
-    with open(log_path) as f:
-        rows = list(csv.DictReader(f))
-    return min(rows, key=lambda row: (float(row["valid_cer"]), int(row["epoch"])))
+    return min(read_log(log_path), key=lambda row: (row["valid_cer"], row["epoch"]))
 
 
 def streaming_rtf(checkpoint: Path, manifest: Path, chunk_ms: int = STREAM_CHUNK_MS) -> float:
@@ -171,7 +170,7 @@ def streaming_rtf(checkpoint: Path, manifest: Path, chunk_ms: int = STREAM_CHUNK
     from asr.audio import load_audio
     from asr.features import LogMelFrontend
 
-    model = _load_model(checkpoint)
+    model = load_checkpoint(checkpoint).build_model()
     frontend = LogMelFrontend(model.config.n_mels).eval()
     chunk = 16000 * chunk_ms // 1000
     seconds = audio_seconds = 0.0
@@ -182,7 +181,7 @@ def streaming_rtf(checkpoint: Path, manifest: Path, chunk_ms: int = STREAM_CHUNK
             for begin in range(0, len(audio), chunk):
                 piece = audio[begin:begin + chunk]
                 feats, lengths = frontend(piece[None], torch.tensor([len(piece)]))
-                x, out_lengths = model.subsampling(model.cmvn(feats), lengths)
+                x, _ = model.subsampling(model.cmvn(feats), lengths)
                 if x.shape[1] == 0:
                     continue
                 x, states = model.encoder.forward_chunk(x, states)
@@ -190,12 +189,6 @@ def streaming_rtf(checkpoint: Path, manifest: Path, chunk_ms: int = STREAM_CHUNK
             seconds += time.perf_counter() - start
             audio_seconds += len(audio) / 16000
     return seconds / audio_seconds
-
-
-def _load_model(checkpoint: Path):
-    from asr.checkpoint import load_checkpoint
-
-    return load_checkpoint(checkpoint).build_model()
 
 
 def run_one(spec_path: Path) -> None:
@@ -210,7 +203,7 @@ def run_one(spec_path: Path) -> None:
     peak_gpu = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
 
     best = best_epoch(exp_dir / "log.csv")
-    checkpoint = exp_dir / f"epoch-{best['epoch']}.pt"
+    checkpoint = exp_dir / f"epoch-{int(best['epoch'])}.pt"
     shutil.copyfile(checkpoint, exp_dir / "converged.pt")
     for path in exp_dir.glob("epoch-*.pt"):  # the others take disk space and nothing reads them
         path.unlink()
@@ -231,8 +224,8 @@ def run_one(spec_path: Path) -> None:
         "skipped_steps": trainer.skipped_batches,
         "best_epoch": int(best["epoch"]),
         "best_updates": int(best["step"]),
-        "dev_cer": float(best["valid_cer"]),
-        "dev_wer": float(best["valid_wer"]),
+        "dev_cer": best["valid_cer"],
+        "dev_wer": best["valid_wer"],
         "train_seconds": trainer.train_seconds,
         "wall_seconds": wall_seconds,
         "test_wer": report.wer,
@@ -330,11 +323,11 @@ def mean_range(values: list[float], digits: int = 3) -> str:
 
 def grad_norm_summary(steps_csv: Path, clip: float | None) -> dict:
     with open(steps_csv) as f:
-        rows = [(int(row["step"]), float(row["grad_norm"]), float(row["loss"])) for row in csv.DictReader(f)]
-    norms = sorted(norm for _, norm, _ in rows)
+        rows = [(int(row["step"]), float(row["grad_norm"])) for row in csv.DictReader(f)]
+    norms = sorted(norm for _, norm in rows)
     step_of_max = max(rows, key=lambda row: row[1])[0]
     median = statistics.median(norms)
-    spikes = [step for step, norm, _ in rows if norm > 10 * median]
+    spikes = [step for step, norm in rows if norm > 10 * median]
     return {
         "median": median,
         "p99": norms[min(len(norms) - 1, int(0.99 * len(norms)))],
@@ -344,6 +337,15 @@ def grad_norm_summary(steps_csv: Path, clip: float | None) -> dict:
         "spikes": spikes,
         "non_finite": sum(not (norm < float("inf")) for norm in norms),
     }
+
+
+def with_reference(group: list[dict], results: list[dict]) -> list[dict]:
+    """A depth or clipping group's runs and the variants run it varies (same variant and seed:
+    the 3-layer layer-norm row, the clip-5 row)."""
+    if not group:
+        return []
+    return group + [r for r in results if r["group"] == "variants" and r["variant"] == group[0]["variant"]
+                    and r["seed"] == group[0]["seed"]]
 
 
 def report(out: Path, settings: str) -> str:
@@ -370,8 +372,9 @@ def report(out: Path, settings: str) -> str:
             rs = [r for r in variants if r["variant"] == name]
             if not rs:
                 continue
-            reach = [to_target(read_log(runs / r["name"] / "log.csv"), target) for r in rs]
-            audio_rate = [trained_audio_per_second(runs / r["name"] / "log.csv") for r in rs]
+            logs = [read_log(runs / r["name"] / "log.csv") for r in rs]
+            reach = [to_target(log, target) for log in logs]
+            audio_rate = [trained_audio_per_second(log) for log in logs]
             stream = [r["streaming_rtf"] for r in rs if r["streaming_rtf"] is not None]
             lines.append(
                 f"| {name} | {rs[0]['model_config']['hidden_size']} | {rs[0]['parameters']:,} | {len(rs)} | "
@@ -382,10 +385,9 @@ def report(out: Path, settings: str) -> str:
                 f"{mean_range(stream, 4) if stream else '-'} | {max(r['peak_rss_mb'] for r in rs):.0f} |"
             )
         lines.append("")
-    depth = [r for r in results if r["group"] == "depth"]
+    depth = with_reference([r for r in results if r["group"] == "depth"], results)
     if depth:
         winner = depth[0]["variant"]
-        own = [r for r in variants if r["variant"] == winner and r["seed"] == depth[0]["seed"]]
         lines += [
             f"### Depth and layer norm ({winner}, hidden size {depth[0]['model_config']['hidden_size']}, seed "
             f"{depth[0]['seed']})\n",
@@ -394,21 +396,20 @@ def report(out: Path, settings: str) -> str:
             "decode RTF | median / max gradient norm (step) | steps clipped | spikes | skipped steps |",
             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        rows = sorted(depth + own, key=lambda r: (not r["model_config"]["layer_norm"], r["model_config"]["num_layers"]))
+        rows = sorted(depth, key=lambda r: (not r["model_config"]["layer_norm"], r["model_config"]["num_layers"]))
         for r in rows:
             g = grad_norm_summary(runs / r["name"] / "steps.csv", r["grad_clip"])
             lines.append(
                 f"| {r['model_config']['num_layers']} | {'yes' if r['model_config']['layer_norm'] else 'no'} | "
                 f"{r['parameters']:,} | {r['epochs']} | {r['updates']} | {r['dev_cer']:.3f} | {r['test_wer']:.3f} | "
-                f"{r['test_cer']:.3f} | {trained_audio_per_second(runs / r['name'] / 'log.csv'):.0f} | "
+                f"{r['test_cer']:.3f} | {trained_audio_per_second(read_log(runs / r['name'] / 'log.csv')):.0f} | "
                 f"{r['decode_rtf']:.4f} | {g['median']:.2f} / {g['max']:.1f} ({g['max_step']}) | {g['clipped']:.0%} | "
                 f"{len(g['spikes'])} | {r['skipped_steps']} |"
             )
         lines.append("")
-    clipping = [r for r in results if r["group"] == "clipping"]
+    clipping = with_reference([r for r in results if r["group"] == "clipping"], results)
     if clipping:
         reference = clipping[0]["variant"]
-        own = [r for r in variants if r["variant"] == reference and r["seed"] == clipping[0]["seed"]]
         lines += [
             f"### Gradient clipping ({reference}, seed {clipping[0]['seed']})\n",
             "Gradient norms are measured before clipping, at every step. A spike is a step whose norm is over 10x "
@@ -417,7 +418,7 @@ def report(out: Path, settings: str) -> str:
             "epochs | best dev CER | test WER | test CER |",
             "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
         ]
-        for r in sorted(own + clipping, key=lambda r: -(r["grad_clip"] or 0)):
+        for r in sorted(clipping, key=lambda r: -(r["grad_clip"] or 0)):
             g = grad_norm_summary(runs / r["name"] / "steps.csv", r["grad_clip"])
             spikes = f"{len(g['spikes'])}" + (f" ({', '.join(map(str, g['spikes'][:5]))})" if g["spikes"] else "")
             lines.append(
@@ -429,9 +430,8 @@ def report(out: Path, settings: str) -> str:
     return "\n".join(lines)
 
 
-def trained_audio_per_second(log_path: Path) -> float:
-    """The Trainer's audio seconds per second from its log.csv, epochs weighted by their steps."""
-    rows = read_log(log_path)
+def trained_audio_per_second(rows: list[dict]) -> float:
+    """The Trainer's audio seconds per second from its log.csv rows, epochs weighted by their steps."""
     steps = [int(row["step"]) for row in rows]
     epoch_steps = [end - start for start, end in zip([0] + steps, steps)]
     return sum(n * row["audio_s_per_s"] for n, row in zip(epoch_steps, rows)) / steps[-1]
@@ -462,9 +462,8 @@ def plot(pyplot, out: Path, path: Path) -> None:
     runs = out / "runs"
     figure, axes = pyplot.subplots(1, 4, figsize=(19, 4.2))
     colours = dict(zip(VARIANTS, ["tab:blue", "tab:orange", "tab:cyan", "tab:red"]))
-    depth_of = {(r["variant"], r["seed"]) for r in results if r["group"] == "depth"}
-    clipping_of = {(r["variant"], r["seed"]) for r in results if r["group"] == "clipping"}
-    clipping_runs = []
+    depth = [r["name"] for r in with_reference([r for r in results if r["group"] == "depth"], results)]
+    clipping = with_reference([r for r in results if r["group"] == "clipping"], results)
     for r in results:
         log = read_log(runs / r["name"] / "log.csv")
         steps, minutes, cer = [row["step"] for row in log], [row["train_s"] / 60 for row in log], [row["valid_cer"] for row in log]
@@ -473,14 +472,12 @@ def plot(pyplot, out: Path, path: Path) -> None:
                 x["seed"] for x in results if x["group"] == "variants") else "--", label=f"{r['variant']} seed {r['seed']}")
             axes[0].plot(steps, cer, **style)
             axes[1].plot(minutes, cer, **style)
-        if r["group"] == "depth" or (r["group"] == "variants" and (r["variant"], r["seed"]) in depth_of):
+        if r["name"] in depth:
             config = r["model_config"]
             axes[2].plot(steps, cer, linestyle="-" if config["layer_norm"] else "--", marker=".",
                          label=f"{config['num_layers']} layers, {'layer norm' if config['layer_norm'] else 'no layer norm'}")
-        if r["group"] == "clipping" or (r["group"] == "variants" and (r["variant"], r["seed"]) in clipping_of):
-            clipping_runs.append(r)
     window = 25
-    for r in sorted(clipping_runs, key=lambda r: -(r["grad_clip"] or 0)):
+    for r in sorted(clipping, key=lambda r: -(r["grad_clip"] or 0)):
         with open(runs / r["name"] / "steps.csv") as f:
             norms = np.array([float(row["grad_norm"]) for row in csv.DictReader(f)])
         blocks = norms[: len(norms) // window * window].reshape(-1, window)
