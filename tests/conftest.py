@@ -18,6 +18,7 @@ from asr.audio import resample
 
 HAS_ESPEAK = shutil.which("espeak-ng") is not None
 requires_espeak = pytest.mark.skipif(not HAS_ESPEAK, reason="espeak-ng not installed (apt-get install espeak-ng)")
+requires_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed (apt-get install flite)")
 
 
 def espeak(text: str, voice: str = "en-us", speed: int = 160, pitch: int = 50) -> torch.Tensor:

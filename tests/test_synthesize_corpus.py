@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from asr.text import normalize_text
-from conftest import requires_espeak
+from conftest import requires_espeak, requires_flite
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "synthesize_corpus.py"
 
@@ -192,3 +192,69 @@ def test_load_sentences_from_text_file(tmp_path):
     path = tmp_path / "text.txt"
     path.write_text("The cat sat on the mat.\nThe cat sat on the mat!\n42 is the answer.\nA dog barked loudly.\n")
     assert [s.transcript for s in sc.load_sentences(path)] == ["THE CAT SAT ON THE MAT", "A DOG BARKED LOUDLY"]
+
+
+FLITE_CONFIG = dataclasses.replace(CONFIG, train_sentences=6, train_speakers=5, flite_speakers=2, noise_prob=0.0, reverb_prob=0.0)
+
+
+@requires_espeak
+@requires_flite
+def test_flite_speakers_join_train_and_leave_the_espeak_speakers_as_they_were():
+    voices = sc.list_voices()
+    speakers = sc.make_speakers(FLITE_CONFIG, voices)
+    without = sc.make_speakers(dataclasses.replace(FLITE_CONFIG, train_speakers=3, flite_speakers=0), voices)
+    assert speakers["train"][:3] == without["train"]
+    assert speakers["dev"] == without["dev"] and speakers["test"] == without["test"]
+    flite = speakers["train"][3:]
+    assert [s.engine for s in flite] == ["flite", "flite"]
+    assert [s.voice for s in flite] == list(sc.FLITE_VOICES)[:2]
+    assert all(sc.WARP[0] <= s.warp <= sc.WARP[1] for s in flite)
+    assert len({s.id for split in speakers.values() for s in split}) == 5 + 2 + 2
+    with pytest.raises(ValueError, match="flite_speakers"):
+        sc.make_speakers(dataclasses.replace(FLITE_CONFIG, flite_speakers=6), voices)
+
+
+@requires_flite
+def test_flite_warp_scales_pitch_and_keeps_the_tempo():
+    """A shorter vocal tract (warp > 1) raises F0 by the warp; the synthesis is slowed by as
+    much, so the warped utterance lasts as long as the unwarped one."""
+    import torch
+    import torchaudio
+
+    text = "The quick brown fox jumps over the lazy dog, said the old man quietly."
+    pitch, seconds = {}, {}
+    for factor in (0.9, 1.12):
+        speaker = sc._flite_speaker(1, "slt", np.random.default_rng(0))
+        speaker = dataclasses.replace(speaker, warp=factor)
+        audio = sc.warp(sc.trim_silence(sc.flite(text, speaker, 1.0, 170), sc.FLITE_SILENCE), factor)
+        f0 = torchaudio.functional.detect_pitch_frequency(torch.from_numpy(audio), sc.SAMPLE_RATE, freq_low=60, freq_high=500)
+        pitch[factor], seconds[factor] = float(f0.median()), len(audio) / sc.SAMPLE_RATE
+    assert pitch[1.12] / pitch[0.9] == pytest.approx(1.12 / 0.9, rel=0.08)
+    assert seconds[1.12] / seconds[0.9] == pytest.approx(1.0, abs=0.06)
+
+
+@requires_espeak
+@requires_flite
+def test_flite_corpus_audio_and_metadata(tmp_path):
+    out = tmp_path / "corpus"
+    meta = sc.synthesize_corpus(out, FLITE_CONFIG, jobs=2, progress=False)
+    assert meta["flite"].startswith("flite-")
+    train = meta["splits"]["train"]
+    assert "flite" in train["accents"] and {"kal16", "awb"} <= set(train["variants"])
+    assert "flite" not in meta["splits"]["dev"]["accents"] + meta["splits"]["test"]["accents"]
+    flite_ids = {str(s["id"]) for s in train["speakers"] if s["accent"] == "flite"}
+    utts = _transcripts(out)["train"]
+    spoken = [u for u in utts if u.split("-")[0] in flite_ids]
+    assert len(spoken) == 2  # 6 sentences, 5 speakers in turn
+    for utt_id in spoken:
+        speaker, chapter, _ = utt_id.split("-")
+        samples, rate = sf.read(out / "train" / speaker / chapter / f"{utt_id}.flac", dtype="float32")
+        words = len(utts[utt_id].split())
+        assert rate == 16000 and np.sqrt(np.mean(samples**2)) > 0.005
+        assert 0.15 * words < len(samples) / rate < 1.0 * words + 1.5
+    # a corpus written before flite voices existed, of the same config, is still this one
+    old = json.loads((out / "corpus.json").read_text())
+    del old["config"]["flite_speakers"]
+    (out / "corpus.json").write_text(json.dumps(old))
+    no_flite = dataclasses.replace(FLITE_CONFIG, flite_speakers=0)
+    assert sc.synthesize_corpus(out, no_flite, progress=False) == old

@@ -14,6 +14,7 @@ if [ "${1:-}" = --run-only ]; then
 else
   SYSTEM_PACKAGES=(
     espeak-ng sox libsox-fmt-all          # speech synthesis for the synthetic corpus and tests
+    flite                                 # CMU voices that widen the synthetic corpus's speakers
     fortunes fortunes-min fortune-mod     # offline English sentences for the synthetic corpus
     wamerican                             # English word list: the synthetic recipe's decoding lexicon
     libportaudio2                         # microphone input (sounddevice)

@@ -7,6 +7,12 @@ intonation range, word gap and amplitude; every utterance jitters speed and
 pitch, gets random leading/trailing silence, additive coloured noise at a
 random SNR, sometimes synthetic reverberation, and a random level.
 
+``--flite-speakers N`` makes N of the train speakers CMU flite voices instead
+(Debian's ``flite``: kal16 diphones, awb, rms and slt statistical-parametric voices,
+recorded people rather than formant rules), each with its own mean pitch, speed
+and vocal-tract length (a resampling warp of 0.88-1.15). Four voices are too few
+to hold any out, so dev and test stay espeak-ng.
+
 Layout (identical to LibriSpeech, so LibriSpeech loaders read it unchanged)::
 
     OUT/SPEAKERS.txt
@@ -125,6 +131,15 @@ DRR_DB = (0.0, 15.0)
 LEVEL_DBFS = (-32.0, -18.0)  # speech RMS
 PEAK = 0.98
 
+# CMU flite voices (Debian's flite 2.2) and their sex; kal (8 kHz) and awb_time (a talking
+# clock) are left out. F0 targets move kal16, slt and awb; rms keeps its own.
+FLITE_VOICES = {"kal16": "M", "awb": "M", "rms": "M", "slt": "F"}
+FLITE_F0_HZ = {"M": (85, 150), "F": (150, 240)}
+FLITE_SPEED_PERCENT = (85, 115)
+FLITE_F0_JITTER_HZ = 8
+WARP = (0.88, 1.15)
+FLITE_SILENCE = 0.01  # of the peak: flite's pauses are low-level noise, not zeros
+
 
 @dataclasses.dataclass(frozen=True)
 class CorpusConfig:
@@ -147,6 +162,7 @@ class CorpusConfig:
     reverb_prob: float = 0.3
     seed: int = 0
     text: str | None = None
+    flite_speakers: int = 0  # of train_speakers, CMU flite voices instead of espeak-ng ones
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,19 +196,24 @@ class Voices:
 class Speaker:
     id: int
     split: str
-    accent: str
-    variant: str
+    accent: str  # espeak-ng accent, or "flite"
+    variant: str  # espeak-ng variant, or the flite voice
     sex: str
-    pitch: int
-    speed: int
-    pitch_range: int  # percent of the variant's intonation range
-    word_gap: int
-    amplitude: int
+    pitch: int  # espeak-ng's 0-99, or flite's mean F0 in Hz
+    speed: int  # words per minute (espeak-ng), or percent of the flite voice's own rate
+    pitch_range: int  # percent of the variant's intonation range (espeak-ng)
+    word_gap: int  # espeak-ng
+    amplitude: int  # espeak-ng
     description: str
+    warp: float = 1.0  # flite: vocal-tract length factor (> 1 shorter: formants and F0 higher)
+
+    @property
+    def engine(self) -> str:
+        return "flite" if self.accent == "flite" else "espeak-ng"
 
     @property
     def voice(self) -> str:
-        return f"{self.accent}+{self.variant}"
+        return self.variant if self.engine == "flite" else f"{self.accent}+{self.variant}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -379,6 +400,23 @@ def list_voices() -> Voices:
     return Voices(accents, variants, excluded)
 
 
+@functools.lru_cache(maxsize=None)
+def list_flite_voices() -> list[str]:
+    """The voices of :data:`FLITE_VOICES` that the installed flite has."""
+    try:
+        out = subprocess.run(["flite", "-lv"], capture_output=True, text=True, check=True).stdout
+    except FileNotFoundError:
+        raise ValueError("--flite-speakers needs flite (apt-get install flite)") from None
+    available = out.split(":", 1)[-1].split()
+    return [voice for voice in FLITE_VOICES if voice in available]
+
+
+def flite_version() -> str:
+    # "version: flite-2.2-current Sep 2018 (...)"; flite --version exits with 1
+    out = subprocess.run(["flite", "--version"], capture_output=True, text=True).stdout
+    return out.split("version:")[-1].split("(")[0].strip()
+
+
 def _shuffled(items: list, rng: np.random.Generator) -> list:
     return [items[i] for i in rng.permutation(len(items))]
 
@@ -424,6 +462,18 @@ def _speaker(id: int, split: str, accent: Accent, variant: Variant, rng: np.rand
     )
 
 
+def _flite_speaker(id: int, voice: str, rng: np.random.Generator) -> Speaker:
+    sex = FLITE_VOICES[voice]
+    f0 = int(rng.integers(FLITE_F0_HZ[sex][0], FLITE_F0_HZ[sex][1] + 1))
+    speed = int(rng.integers(FLITE_SPEED_PERCENT[0], FLITE_SPEED_PERCENT[1] + 1))
+    warp = round(float(rng.uniform(*WARP)), 3)
+    return Speaker(
+        id=id, split="train", accent="flite", variant=voice, sex=sex, pitch=f0, speed=speed,
+        pitch_range=100, word_gap=0, amplitude=100, warp=warp,
+        description=f"flite+{voice} f0={f0}Hz speed={speed}% warp={warp}",
+    )
+
+
 def _pairs(accents: list[Accent], variants: list[Variant], rng: np.random.Generator) -> Iterator[tuple[Accent, Variant]]:
     """Endless (accent, variant) pairs: every variant once, then each again with the
     next accent, so that few speakers cover many voices."""
@@ -440,8 +490,10 @@ def make_speakers(config: CorpusConfig, voices: Voices) -> dict[str, list[Speake
     at most a sixth of all variants each) and, given four or more regional
     accents, one accent each, which some of their speakers use alongside the
     train accents. train speakers alternate female and male and spread over all
-    remaining (accent, variant) pairs. Speaker ids are allocated test first, so
-    that the held-out splits do not change when train grows.
+    remaining (accent, variant) pairs; the last ``flite_speakers`` of them are
+    flite voices in turn. Speaker ids are allocated test first, so that the
+    held-out splits do not change when train grows, and adding flite speakers
+    leaves the espeak-ng ones as they were.
     """
     rng = np.random.default_rng([config.seed, 1])
     regional = [a for a in voices.accents if a.code not in PRIMARY_ACCENTS]
@@ -463,11 +515,18 @@ def make_speakers(config: CorpusConfig, voices: Voices) -> dict[str, list[Speake
             accents = [held_accents[split]] if held_accents else []
             accents += _shuffled(train_accents, srng)
             pairs = [zip(itertools.cycle(accents), itertools.cycle(variants))] if variants else []
-        if n and not pairs:
+        flite = config.flite_speakers if split == "train" else 0
+        if not 0 <= flite <= n:
+            raise ValueError(f"flite_speakers={flite} must lie between 0 and train_speakers={n}")
+        if n > flite and not pairs:
             raise ValueError(f"no espeak-ng variants left for {split}")
         speakers[split] = [
-            _speaker(next(ids), split, *next(pairs[i % len(pairs)]), srng) for i in range(n)
+            _speaker(next(ids), split, *next(pairs[i % len(pairs)]), srng) for i in range(n - flite)
         ]
+    if config.flite_speakers:
+        voices_ = itertools.cycle(list_flite_voices())
+        frng = np.random.default_rng([config.seed, 4])
+        speakers["train"] += [_flite_speaker(next(ids), next(voices_), frng) for _ in range(config.flite_speakers)]
     return speakers
 
 
@@ -524,12 +583,36 @@ def espeak(text: str, speaker: Speaker, speed: int, pitch: int) -> np.ndarray:
     return np.frombuffer(wav[44:], dtype="<i2").astype(np.float32) / 32768
 
 
-def trim_silence(samples: np.ndarray) -> np.ndarray:
-    """Cut espeak-ng's silence, which is exact zeros, from both ends (it appends 0.3 s)."""
-    sound = np.flatnonzero(samples)
+def flite(text: str, speaker: Speaker, speed: float, f0: int) -> np.ndarray:
+    """Synthesise ``text`` with ``speaker``'s flite voice at ``speed`` times its own rate,
+    ready to be warped; float32 samples at 16 kHz."""
+    # the warp plays the audio `warp` times faster: synthesise that much slower to keep `speed`
+    stretch = speaker.warp / speed
+    command = ["flite", "-voice", speaker.voice, "--setf", f"duration_stretch={stretch:.4f}"]
+    command += ["--setf", f"int_f0_target_mean={f0}", "-t", text, "-o", "/dev/stdout"]
+    wav = subprocess.run(command, capture_output=True, check=True).stdout
+    if wav[:4] != b"RIFF" or int.from_bytes(wav[24:28], "little") != SAMPLE_RATE:
+        raise RuntimeError(f"unexpected flite output for {speaker.voice}: {wav[:44]!r}")
+    return np.frombuffer(wav[44:], dtype="<i2").astype(np.float32) / 32768
+
+
+def trim_silence(samples: np.ndarray, threshold: float = 0.0) -> np.ndarray:
+    """Cut the synthesiser's silence from both ends: samples whose magnitude is at most
+    ``threshold`` times the peak (espeak-ng's silence is exact zeros; it appends 0.3 s)."""
+    sound = np.flatnonzero(np.abs(samples) > threshold * np.abs(samples).max(initial=0.0))
     if sound.size == 0:
-        raise RuntimeError("espeak-ng produced silence")
+        raise RuntimeError("the synthesiser produced silence")
     return samples[sound[0] : sound[-1] + 1]
+
+
+def warp(samples: np.ndarray, factor: float) -> np.ndarray:
+    """Scale every frequency (formants, F0) by ``factor`` and the duration by 1/``factor``:
+    16 kHz audio resampled as if it had been recorded at 16 kHz * ``factor``."""
+    if factor == 1.0:
+        return samples
+    rate = round(SAMPLE_RATE / factor / 10) * 10  # a multiple of 10 Hz keeps the kernel small
+    with torch.inference_mode():
+        return torchaudio.functional.resample(torch.from_numpy(samples), SAMPLE_RATE, rate).numpy()
 
 
 @functools.lru_cache(maxsize=None)
@@ -601,10 +684,15 @@ def synthesize_utterance(utterance: Utterance, config: CorpusConfig) -> np.ndarr
     """Return ``utterance`` as 16 kHz int16 samples, seeded by its id alone."""
     speaker = utterance.speaker
     rng = np.random.default_rng([config.seed, 3, speaker.id, utterance.chapter, utterance.index])
-    speed = round(speaker.speed * rng.uniform(1 - SPEED_JITTER, 1 + SPEED_JITTER))
-    pitch = int(np.clip(speaker.pitch + rng.integers(-PITCH_JITTER, PITCH_JITTER + 1), 0, 99))
-    speech = espeak(utterance.sentence.text, speaker, speed, pitch)
-    speech = resample(trim_silence(speech))
+    jitter = rng.uniform(1 - SPEED_JITTER, 1 + SPEED_JITTER)
+    if speaker.engine == "flite":
+        f0 = speaker.pitch + int(rng.integers(-FLITE_F0_JITTER_HZ, FLITE_F0_JITTER_HZ + 1))
+        speech = flite(utterance.sentence.text, speaker, speaker.speed / 100 * jitter, f0)
+        speech = warp(trim_silence(speech, FLITE_SILENCE), speaker.warp)
+    else:
+        pitch = int(np.clip(speaker.pitch + rng.integers(-PITCH_JITTER, PITCH_JITTER + 1), 0, 99))
+        speech = espeak(utterance.sentence.text, speaker, round(speaker.speed * jitter), pitch)
+        speech = resample(trim_silence(speech))
     return augment(speech, config, rng)
 
 
@@ -634,7 +722,7 @@ def _text_source(config: CorpusConfig) -> dict:
 
 def _write_speakers_txt(path: Path, speakers: dict[str, list[Speaker]], seconds: dict[int, float]) -> None:
     lines = [
-        "; Synthetic espeak-ng speakers written by tools/synthesize_corpus.py",
+        "; Synthetic espeak-ng (and flite) speakers written by tools/synthesize_corpus.py",
         "; in the format of LibriSpeech's SPEAKERS.TXT; NAME is accent+variant and settings",
         ";ID  |SEX| SUBSET           |MINUTES| NAME",
     ]
@@ -663,7 +751,8 @@ def synthesize_corpus(
     wanted = dataclasses.asdict(config)
     if (out / "corpus.json").is_file():
         meta = json.loads((out / "corpus.json").read_text())
-        if meta.get("config") == wanted:
+        # corpora written before flite voices existed have no flite_speakers
+        if {"flite_speakers": 0} | meta.get("config", {}) == wanted:
             print(f"{out} already holds this corpus; nothing to do", file=sys.stderr)
             return meta
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -699,7 +788,7 @@ def synthesize_corpus(
         wall = time.perf_counter() - start
 
         _write_speakers_txt(tmp / "SPEAKERS.txt", speakers, seconds)
-        family = {v.file: v.family for v in voices.variants}
+        family = {v.file: v.family for v in voices.variants} | {v: f"flite-{v}" for v in FLITE_VOICES}
         splits = {}
         for split in SPLITS:
             said = [u for u in utterances if u.split == split]
@@ -720,6 +809,7 @@ def synthesize_corpus(
             "sample_rate": SAMPLE_RATE,
             "config": wanted,
             "espeak_ng": espeak_version(),
+            **({"flite": flite_version()} if config.flite_speakers else {}),
             "text": _text_source(config) | {"sentences_available": len(sentences)},
             "voices": {
                 "accents": [dataclasses.asdict(a) for a in voices.accents],
@@ -778,6 +868,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="chance of synthetic reverberation (RT60 0.15-0.7 s)")
     parser.add_argument("--seed", type=int, default=defaults.seed,
                         help="same arguments and seed give byte-identical corpora")
+    parser.add_argument("--flite-speakers", type=int, default=defaults.flite_speakers,
+                        help="of the train speakers, CMU flite voices (apt-get install flite)")
     parser.add_argument("--text", default=defaults.text,
                         help="text file, one sentence per line, instead of the fortunes")
     parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
