@@ -2,7 +2,7 @@
 # English recipe: the embedded default models that `asr transcribe` and `asr stream` use without
 # --model. Everything real in ../shared/data (speechocean762's read sentences, the keywords
 # corpus's wake and command words, FSDD's digits; see their ATTRIBUTION.md files, nothing is
-# copied here) mixed with the synthetic recipe's espeak-ng corpus; the synthetic recipe's models
+# copied here) mixed with the synthetic recipe's corpus (espeak-ng and flite voices); the synthetic recipe's models
 # (pre-trained on that corpus alone) fine-tuned on the mixture: the BiLSTM-CTC for files and the
 # streaming GRU for the microphone. A general word 3-gram LM from every training transcript,
 # weights tuned on a dev set of real and synthetic speech, attached to both. Every test set
@@ -193,7 +193,7 @@ fi
 # Not run by default: replace the embedded defaults (committed files) with this run's models,
 # weights in float16, with their provenance (this recipe, its config, the git commit, the data).
 if run_stage 11 "store both models compactly in asr/pretrained/" "$exp/.pretrained.done"; then
-  data_note="speechocean762 train (119 speakers) and keywords train (1974 speakers) at speeds 0.9/1.0/1.1, FSDD train (4 speakers), the synthetic corpus (espeak-ng, 200 voices)"
+  data_note="speechocean762 train (119 speakers) and keywords train (1974 speakers) at speeds 0.9/1.0/1.1, FSDD train (4 speakers), the synthetic corpus (100 espeak-ng and 100 flite voices)"
   asr compact --model "$exp/final.pt" --out "$root/asr/pretrained/offline.pt" \
     --note recipe=recipes/english/run.sh "config=$offline_config" "data=$data_note"
   asr compact --model "$exp/streaming.pt" --out "$root/asr/pretrained/streaming.pt" \
