@@ -408,7 +408,10 @@ def list_flite_voices() -> list[str]:
     except FileNotFoundError:
         raise ValueError("--flite-speakers needs flite (apt-get install flite)") from None
     available = out.split(":", 1)[-1].split()
-    return [voice for voice in FLITE_VOICES if voice in available]
+    voices = [voice for voice in FLITE_VOICES if voice in available]
+    if not voices:
+        raise ValueError(f"flite has none of the voices {', '.join(FLITE_VOICES)} (flite -lv: {' '.join(available)})")
+    return voices
 
 
 def flite_version() -> str:
@@ -515,18 +518,18 @@ def make_speakers(config: CorpusConfig, voices: Voices) -> dict[str, list[Speake
             accents = [held_accents[split]] if held_accents else []
             accents += _shuffled(train_accents, srng)
             pairs = [zip(itertools.cycle(accents), itertools.cycle(variants))] if variants else []
-        flite = config.flite_speakers if split == "train" else 0
-        if not 0 <= flite <= n:
-            raise ValueError(f"flite_speakers={flite} must lie between 0 and train_speakers={n}")
-        if n > flite and not pairs:
+        n_flite = config.flite_speakers if split == "train" else 0
+        if not 0 <= n_flite <= n:
+            raise ValueError(f"flite_speakers={n_flite} must lie between 0 and train_speakers={n}")
+        if n > n_flite and not pairs:
             raise ValueError(f"no espeak-ng variants left for {split}")
         speakers[split] = [
-            _speaker(next(ids), split, *next(pairs[i % len(pairs)]), srng) for i in range(n - flite)
+            _speaker(next(ids), split, *next(pairs[i % len(pairs)]), srng) for i in range(n - n_flite)
         ]
     if config.flite_speakers:
-        voices_ = itertools.cycle(list_flite_voices())
+        flite_voices = itertools.cycle(list_flite_voices())
         frng = np.random.default_rng([config.seed, 4])
-        speakers["train"] += [_flite_speaker(next(ids), next(voices_), frng) for _ in range(config.flite_speakers)]
+        speakers["train"] += [_flite_speaker(next(ids), next(flite_voices), frng) for _ in range(config.flite_speakers)]
     return speakers
 
 
