@@ -200,14 +200,14 @@ FLITE_CONFIG = dataclasses.replace(CONFIG, train_sentences=6, train_speakers=5, 
 @requires_espeak
 @requires_flite
 def test_flite_speakers_join_train_and_leave_the_espeak_speakers_as_they_were():
-    voices = sc.list_voices()
+    voices = sc.tts.list_voices()
     speakers = sc.make_speakers(FLITE_CONFIG, voices)
     without = sc.make_speakers(dataclasses.replace(FLITE_CONFIG, train_speakers=3, flite_speakers=0), voices)
     assert speakers["train"][:3] == without["train"]
     assert speakers["dev"] == without["dev"] and speakers["test"] == without["test"]
     flite = speakers["train"][3:]
     assert [s.engine for s in flite] == ["flite", "flite"]
-    assert [s.voice for s in flite] == list(sc.FLITE_VOICES)[:2]
+    assert [s.voice for s in flite] == list(sc.tts.FLITE_VOICES)[:2]
     assert all(sc.WARP[0] <= s.warp <= sc.WARP[1] for s in flite)
     assert len({s.id for split in speakers.values() for s in split}) == 5 + 2 + 2
     with pytest.raises(ValueError, match="flite_speakers"):
@@ -224,9 +224,7 @@ def test_flite_warp_scales_pitch_and_keeps_the_tempo():
     text = "The quick brown fox jumps over the lazy dog, said the old man quietly."
     pitch, seconds = {}, {}
     for factor in (0.9, 1.12):
-        speaker = sc._flite_speaker(1, "slt", np.random.default_rng(0))
-        speaker = dataclasses.replace(speaker, warp=factor)
-        audio = sc.warp(sc.trim_silence(sc.flite(text, speaker, 1.0, 170), sc.FLITE_SILENCE), factor)
+        audio = sc.tts.flite(text, "slt", 1.0, 170, factor)
         f0 = torchaudio.functional.detect_pitch_frequency(torch.from_numpy(audio), sc.SAMPLE_RATE, freq_low=60, freq_high=500)
         pitch[factor], seconds[factor] = float(f0.median()), len(audio) / sc.SAMPLE_RATE
     assert pitch[1.12] / pitch[0.9] == pytest.approx(1.12 / 0.9, rel=0.08)

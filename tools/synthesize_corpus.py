@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import hashlib
 import itertools
 import json
 import math
@@ -59,23 +58,20 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Iterator
-from xml.sax.saxutils import escape
 
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio
 from tqdm import tqdm
 
-import asr.audio
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ is no package: tts.py lies beside
+import tts  # noqa: E402
+from tts import SAMPLE_RATE, Accent, Variant, Voices  # noqa: E402
 
-SAMPLE_RATE = 16000
-ESPEAK_SAMPLE_RATE = 22050
 SPLITS = ("train", "dev", "test")
 
 FORTUNE_DIR = Path("/usr/share/games/fortunes")
@@ -89,24 +85,7 @@ TEXT_LICENCE = (
     "from many authors; the copyright file gives them no separate licence."
 )
 
-# Variants that do not sound like a human talker. Reasons from their voice files
-# in espeak-ng-data/voices/!v and from synthesised probes.
-EXCLUDED_VARIANTS = {
-    "whisper": "whispered (voicing 17)",
-    "whisperf": "whispered (voicing 20)",
-    "Demonic": "novelty: breath noise, echo, extreme tone settings",
-    "RicishayMax": "100 ms echo at gain 10000 fills every pause",
-    "RicishayMax2": "150 ms echo fills every pause",
-    "RicishayMax3": "200 ms echo fills every pause",
-    "announcer": "robotic Half-Life announcer, 154 ms echo",
-    "UniRobot": "robot",
-    "anikaRobot": "robot",
-    **{f"robosoft{i}": "robot" for i in ["", *range(2, 9)]},
-    "fast": "experimental speed test voice, 'unstable' per its voice file",
-}
-# Never held out: most evaluation speech is in one of these accents.
 PRIMARY_ACCENTS = ("en-us", "en-gb")
-PROBE_TEXT = "The quick brown fox jumps over the lazy dog."
 
 UTTS_PER_CHAPTER = 100
 FIRST_SPEAKER_ID = 100
@@ -133,14 +112,10 @@ DRR_DB = (0.0, 15.0)
 LEVEL_DBFS = (-32.0, -18.0)  # speech RMS
 PEAK = 0.98
 
-# CMU flite voices (Debian's flite 2.2) and their sex; kal (8 kHz) and awb_time (a talking
-# clock) are left out. F0 targets move kal16, slt and awb; rms keeps its own.
-FLITE_VOICES = {"kal16": "M", "awb": "M", "rms": "M", "slt": "F"}
 FLITE_F0_HZ = {"M": (85, 150), "F": (150, 240)}
 FLITE_SPEED_PERCENT = (85, 115)
 FLITE_F0_JITTER_HZ = 8
 WARP = (0.88, 1.15)
-FLITE_SILENCE = 0.01  # of the peak: flite's pauses are low-level noise, not zeros
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,27 +146,6 @@ class CorpusConfig:
 class Sentence:
     text: str  # punctuated, fed to espeak-ng for natural prosody
     transcript: str  # upper case A-Z, apostrophe, single spaces
-
-
-@dataclasses.dataclass(frozen=True)
-class Accent:
-    code: str  # espeak-ng voice name, e.g. "en-gb-scotland"
-    description: str  # e.g. "English_(Scotland)"
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    file: str  # name after "+" in "-v en-us+m3"
-    name: str
-    sex: str  # "M" or "F"
-    family: str  # variants that sound alike (iven, iven2, ...) share one
-
-
-@dataclasses.dataclass(frozen=True)
-class Voices:
-    accents: list[Accent]
-    variants: list[Variant]
-    excluded: dict[str, str]  # variant file -> reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,103 +279,6 @@ def load_sentences(path: str | Path | None = None) -> list[Sentence]:
     return sentences
 
 
-# -------------------------------------------------------------------------- voices
-
-
-@functools.lru_cache(maxsize=None)
-def _espeak_about() -> str:
-    out = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True)
-    return out.stdout  # "eSpeak NG text-to-speech: 1.51  Data at: /usr/lib/.../espeak-ng-data"
-
-
-def espeak_version() -> str:
-    return _espeak_about().split("Data at")[0].strip()
-
-
-def _variant_family(file: str) -> str:
-    voice_file = Path(_espeak_about().split("Data at:")[1].strip()) / "voices" / "!v" / file
-    klatt = re.search(r"^\s*klatt\s+(\d+)", voice_file.read_text(), re.M)
-    if klatt:  # Klatt-synthesiser variants differ in little but the Klatt version
-        return f"klatt{klatt[1]}"
-    if re.fullmatch(r"[mf]\d", file):  # m1..m8, f1..f5 are distinct voices
-        return file
-    return re.sub(r"\d+$", "", file).lower()  # elsewhere a digit suffix marks a tweak
-
-
-def _espeak_voice_table(language: str) -> list[list[str]]:
-    out = subprocess.run(
-        ["espeak-ng", f"--voices={language}"], capture_output=True, text=True, check=True
-    )
-    # Columns: Pty Language Age/Gender VoiceName File [Other Languages]
-    return [line.split() for line in out.stdout.splitlines()[1:] if line.strip()]
-
-
-def _probe(voice: str) -> bytes:
-    out = subprocess.run(
-        ["espeak-ng", "-v", voice, "--stdout", PROBE_TEXT], capture_output=True, check=True
-    )
-    return out.stdout
-
-
-@functools.lru_cache(maxsize=None)
-def list_voices() -> Voices:
-    """List usable espeak-ng English accents and voice variants.
-
-    Accents are the built-in English voices (mbrola ``mb/`` voices are skipped:
-    not installed). Variants are those of ``espeak-ng --voices=variant`` minus
-    :data:`EXCLUDED_VARIANTS`, minus any whose probe sentence is silent or
-    sample-identical to the plain voice or to an earlier variant (espeak-ng falls
-    back silently on a broken variant, and klatt/klatt6/caleb sound the same).
-    """
-    accents = [
-        Accent(row[1], row[3])
-        for row in _espeak_voice_table("en")
-        if row[4].startswith("gmw/")
-    ]
-    excluded = dict(EXCLUDED_VARIANTS)
-    variants, seen = [], {hashlib.sha256(_probe("en-us")).hexdigest(): "the plain voice"}
-    rows = sorted(_espeak_voice_table("variant"), key=lambda row: row[4])
-    for row in rows:
-        file = row[4].removeprefix("!v/")
-        if file in excluded:
-            continue
-        # "Mr serious" has a space in its file name, which breaks the column split.
-        if len(row) > 5 and not row[5].startswith("("):
-            file = f"{file} {row[5]}"
-        audio = _probe(f"en-us+{file}")
-        digest = hashlib.sha256(audio).hexdigest()
-        samples = np.frombuffer(audio[44:], dtype="<i2")
-        if samples.size == 0 or np.abs(samples).max() < 1000:
-            excluded[file] = "silent probe"
-        elif digest in seen:
-            excluded[file] = f"sounds identical to {seen[digest]}"
-        else:
-            seen[digest] = file
-            sex = "F" if row[2].endswith("F") else "M"
-            variants.append(Variant(file, row[3], sex, _variant_family(file)))
-    return Voices(accents, variants, excluded)
-
-
-@functools.lru_cache(maxsize=None)
-def list_flite_voices() -> list[str]:
-    """The voices of :data:`FLITE_VOICES` that the installed flite has."""
-    try:
-        out = subprocess.run(["flite", "-lv"], capture_output=True, text=True, check=True).stdout
-    except FileNotFoundError:
-        raise ValueError("--flite-speakers needs flite (apt-get install flite)") from None
-    available = out.split(":", 1)[-1].split()
-    voices = [voice for voice in FLITE_VOICES if voice in available]
-    if not voices:
-        raise ValueError(f"flite has none of the voices {', '.join(FLITE_VOICES)} (flite -lv: {' '.join(available)})")
-    return voices
-
-
-def flite_version() -> str:
-    # "version: flite-2.2-current Sep 2018 (...)"; flite --version exits with 1
-    out = subprocess.run(["flite", "--version"], capture_output=True, text=True).stdout
-    return out.split("version:")[-1].split("(")[0].strip()
-
-
 def _shuffled(items: list, rng: np.random.Generator) -> list:
     return [items[i] for i in rng.permutation(len(items))]
 
@@ -468,7 +325,7 @@ def _speaker(id: int, split: str, accent: Accent, variant: Variant, rng: np.rand
 
 
 def _flite_speaker(id: int, voice: str, rng: np.random.Generator) -> Speaker:
-    sex = FLITE_VOICES[voice]
+    sex = tts.FLITE_VOICES[voice]
     f0 = int(rng.integers(FLITE_F0_HZ[sex][0], FLITE_F0_HZ[sex][1] + 1))
     speed = int(rng.integers(FLITE_SPEED_PERCENT[0], FLITE_SPEED_PERCENT[1] + 1))
     warp = round(float(rng.uniform(*WARP)), 3)
@@ -529,7 +386,7 @@ def make_speakers(config: CorpusConfig, voices: Voices) -> dict[str, list[Speake
             _speaker(next(ids), split, *next(pairs[i % len(pairs)]), srng) for i in range(n - n_flite)
         ]
     if config.flite_speakers:
-        flite_voices = itertools.cycle(list_flite_voices())
+        flite_voices = itertools.cycle(tts.list_flite_voices())
         frng = np.random.default_rng([config.seed, 4])
         speakers["train"] += [_flite_speaker(next(ids), next(flite_voices), frng) for _ in range(config.flite_speakers)]
     return speakers
@@ -574,64 +431,6 @@ def plan_corpus(
 
 
 # --------------------------------------------------------------------------- audio
-
-
-def espeak(text: str, speaker: Speaker, speed: int, pitch: int) -> np.ndarray:
-    """Synthesise ``text`` with ``speaker``'s voice; float32 samples at 22.05 kHz."""
-    ssml = f'<speak><prosody range="{speaker.pitch_range}%">{escape(text)}</prosody></speak>'
-    command = ["espeak-ng", "-m", "--stdin", "--stdout", "-v", speaker.voice]
-    command += ["-s", str(speed), "-p", str(pitch), "-a", str(speaker.amplitude), "-g", str(speaker.word_gap)]
-    wav = subprocess.run(command, input=ssml.encode(), capture_output=True, check=True).stdout
-    # espeak-ng streams a fixed 44-byte header whose size fields are placeholders.
-    if wav[:4] != b"RIFF" or int.from_bytes(wav[24:28], "little") != ESPEAK_SAMPLE_RATE:
-        raise RuntimeError(f"unexpected espeak-ng output for {speaker.voice}: {wav[:44]!r}")
-    return np.frombuffer(wav[44:], dtype="<i2").astype(np.float32) / 32768
-
-
-def flite(text: str, speaker: Speaker, speed: float, f0: int) -> np.ndarray:
-    """Synthesise ``text`` with ``speaker``'s flite voice at ``speed`` times its own rate,
-    ready to be warped; float32 samples at 16 kHz."""
-    # the warp plays the audio `warp` times faster: synthesise that much slower to keep `speed`
-    stretch = speaker.warp / speed
-    command = ["flite", "-voice", speaker.voice, "--setf", f"duration_stretch={stretch:.4f}"]
-    command += ["--setf", f"int_f0_target_mean={f0}", "-t", text, "-o", "/dev/stdout"]
-    wav = subprocess.run(command, capture_output=True, check=True).stdout
-    if wav[:4] != b"RIFF" or int.from_bytes(wav[24:28], "little") != SAMPLE_RATE:
-        raise RuntimeError(f"unexpected flite output for {speaker.voice}: {wav[:44]!r}")
-    return np.frombuffer(wav[44:], dtype="<i2").astype(np.float32) / 32768
-
-
-def trim_silence(samples: np.ndarray, threshold: float = 0.0) -> np.ndarray:
-    """Cut the synthesiser's silence from both ends: samples whose magnitude is at most
-    ``threshold`` times the peak (espeak-ng's silence is exact zeros; it appends 0.3 s)."""
-    sound = np.flatnonzero(np.abs(samples) > threshold * np.abs(samples).max(initial=0.0))
-    if sound.size == 0:
-        raise RuntimeError("the synthesiser produced silence")
-    return samples[sound[0] : sound[-1] + 1]
-
-
-def warp(samples: np.ndarray, factor: float) -> np.ndarray:
-    """Scale every frequency (formants, F0) by ``factor`` and the duration by 1/``factor``:
-    16 kHz audio resampled as if it had been recorded at 16 kHz * ``factor``. Through
-    :func:`asr.audio.resample`, whose kernels are built once per rate pair: a speaker's
-    utterances come in a row, so each worker builds a speaker's kernel about once."""
-    rate = round(SAMPLE_RATE / factor / 10) * 10  # a multiple of 10 Hz keeps the kernel small
-    with torch.inference_mode():
-        return asr.audio.resample(torch.from_numpy(samples), SAMPLE_RATE, rate).numpy()
-
-
-@functools.lru_cache(maxsize=None)
-def _resampler() -> torchaudio.transforms.Resample:
-    # The transform caches its sinc kernel; functional.resample rebuilds it every call (6x slower).
-    # Not asr.audio's: this one builds its kernel in float64, and the corpus stays byte-identical
-    # to the one every recipe result was measured on.
-    return torchaudio.transforms.Resample(ESPEAK_SAMPLE_RATE, SAMPLE_RATE)
-
-
-def resample(samples: np.ndarray) -> np.ndarray:
-    """22.05 kHz -> 16 kHz."""
-    with torch.inference_mode():
-        return _resampler()(torch.from_numpy(samples)).numpy()
 
 
 def _fft_size(n: int) -> int:
@@ -694,12 +493,13 @@ def synthesize_utterance(utterance: Utterance, config: CorpusConfig) -> np.ndarr
     jitter = rng.uniform(1 - SPEED_JITTER, 1 + SPEED_JITTER)
     if speaker.engine == "flite":
         f0 = speaker.pitch + int(rng.integers(-FLITE_F0_JITTER_HZ, FLITE_F0_JITTER_HZ + 1))
-        speech = flite(utterance.sentence.text, speaker, speaker.speed / 100 * jitter, f0)
-        speech = warp(trim_silence(speech, FLITE_SILENCE), speaker.warp)
+        speech = tts.flite(utterance.sentence.text, speaker.variant, speaker.speed / 100 * jitter, f0, speaker.warp)
     else:
         pitch = int(np.clip(speaker.pitch + rng.integers(-PITCH_JITTER, PITCH_JITTER + 1), 0, 99))
-        speech = espeak(utterance.sentence.text, speaker, round(speaker.speed * jitter), pitch)
-        speech = resample(trim_silence(speech))
+        speech = tts.espeak(
+            utterance.sentence.text, speaker.voice, round(speaker.speed * jitter), pitch,
+            speaker.pitch_range, speaker.amplitude, speaker.word_gap,
+        )
     return augment(speech, config, rng)
 
 
@@ -766,7 +566,7 @@ def synthesize_corpus(
         raise FileExistsError(f"{out} holds something else; remove it or pass --overwrite")
     jobs = jobs or len(os.sched_getaffinity(0))
 
-    voices = list_voices()
+    voices = tts.list_voices()
     sentences = load_sentences(config.text)
     speakers = make_speakers(config, voices)
     utterances = plan_corpus(config, sentences, speakers)
@@ -795,7 +595,7 @@ def synthesize_corpus(
         wall = time.perf_counter() - start
 
         _write_speakers_txt(tmp / "SPEAKERS.txt", speakers, seconds)
-        family = {v.file: v.family for v in voices.variants} | {v: f"flite-{v}" for v in FLITE_VOICES}
+        family = {v.file: v.family for v in voices.variants} | {v: f"flite-{v}" for v in tts.FLITE_VOICES}
         splits = {}
         for split in SPLITS:
             said = [u for u in utterances if u.split == split]
@@ -815,8 +615,8 @@ def synthesize_corpus(
             "format": "LibriSpeech",
             "sample_rate": SAMPLE_RATE,
             "config": wanted,
-            "espeak_ng": espeak_version(),
-            **({"flite": flite_version()} if config.flite_speakers else {}),
+            "espeak_ng": tts.espeak_version(),
+            **({"flite": tts.flite_version()} if config.flite_speakers else {}),
             "text": _text_source(config) | {"sentences_available": len(sentences)},
             "voices": {
                 "accents": [dataclasses.asdict(a) for a in voices.accents],
