@@ -7,11 +7,15 @@ intonation range, word gap and amplitude; every utterance jitters speed and
 pitch, gets random leading/trailing silence, additive coloured noise at a
 random SNR, sometimes synthetic reverberation, and a random level.
 
-``--flite-speakers N`` makes N of the train speakers CMU flite voices instead
-(Debian's ``flite``: kal16 diphones, awb, rms and slt statistical-parametric voices,
-recorded people rather than formant rules), each with its own mean pitch, speed
-and vocal-tract length (a resampling warp of 0.88-1.15). Four voices are too few
-to hold any out, so dev and test stay espeak-ng.
+``--natural-speakers N`` makes N of the train speakers natural voices instead:
+models of recorded people (RHVoice, festival, SVOX pico, hibari, piper, CMU flite;
+``tools/tts.py``), taken in turn from ``--voices``, each speaker with its own
+pitch, speed and vocal-tract length (a resampling warp of 0.88-1.15). The voices of
+``--held-out-voices`` never speak in train: test takes the first, dev the second
+(and so on alternately), each with as large a share of its speakers as train's
+natural share. A voice that is not installed is left out with one line on stderr.
+``--flite-speakers N`` (CMU flite voices only, dev and test espeak-ng) makes the
+corpus of recipes/synthetic/RESULTS.md's "Wider voices" tables.
 
 Layout (identical to LibriSpeech, so LibriSpeech loaders read it unchanged)::
 
@@ -23,7 +27,8 @@ Layout (identical to LibriSpeech, so LibriSpeech loaders read it unchanged)::
 Audio is 16 kHz mono 16-bit FLAC; transcripts are upper case A-Z, apostrophe
 and single spaces. dev and test are held out from train twice over: their
 sentences never occur in train (nor in each other), and their voices are built
-from espeak-ng variant families and one accent per split that train never uses.
+from espeak-ng variant families and one accent per split that train never uses, and
+from natural voices that train never uses.
 
 Text: by default the non-offensive fortune(6) collection of Debian's
 ``fortunes``/``fortunes-min`` packages (fortune-mod 1.99.1), cut into sentences.
@@ -32,13 +37,16 @@ Regents of the University of California" (see /usr/share/doc/fortunes/copyright)
 the fortunes themselves are quotations from many authors and carry no separate
 licence. ``--text FILE`` (one sentence per line) replaces it.
 
-The output depends only on the arguments (and the espeak-ng version), not on
-``--jobs``: two runs with the same seed give byte-identical files.
+The output depends only on the arguments (and the installed voices and their
+versions, which corpus.json records), not on ``--jobs``: two runs with the same
+seed give byte-identical files.
 
 Examples::
 
     # default corpus: 14.3 h train, 0.2 h dev, 0.3 h test (9 min on 2 busy cores)
     python tools/synthesize_corpus.py --out data/synth
+    # natural voices: 150 of 200 train speakers, a quarter of dev's and test's espeak-ng
+    python tools/synthesize_corpus.py --out data/synth --natural-speakers 150
     # quick corpus for smoke tests: 25 min of audio in about 15 s
     python tools/synthesize_corpus.py --out data/synth_quick --train-sentences 300 \\
         --dev-sentences 40 --test-sentences 40 --train-speakers 20 \\
@@ -116,6 +124,13 @@ FLITE_F0_HZ = {"M": (85, 150), "F": (150, 240)}
 FLITE_SPEED_PERCENT = (85, 115)
 FLITE_F0_JITTER_HZ = 8
 WARP = (0.88, 1.15)
+# Natural voices: percent of the voice's own F0 (where its engine moves F0) and rate.
+NATURAL_PITCH_PERCENT = (90, 112)
+NATURAL_SPEED_PERCENT = (85, 115)
+NATURAL_PITCH_JITTER = 0.03
+DEFAULT_VOICES = "rhvoice,festival,pico,hibari,piper,flite"
+# Two of the most human voices, one male (Scottish) and one female: unseen speakers for test and dev.
+DEFAULT_HELD_OUT_VOICES = "rhvoice:alan,festival:slt"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +155,14 @@ class CorpusConfig:
     seed: int = 0
     text: str | None = None
     flite_speakers: int = 0  # of train_speakers, CMU flite voices instead of espeak-ng ones
+    natural_speakers: int = 0  # of train_speakers, natural voices (tools/tts.py) instead of espeak-ng ones
+    voices: str = DEFAULT_VOICES  # engines and voice ids the natural speakers use
+    held_out_voices: str = DEFAULT_HELD_OUT_VOICES  # natural voices for test and dev alone
+
+
+# Fields added after corpora were written: an old corpus.json without them had these values.
+ADDED_FIELDS = {"flite_speakers": 0, "natural_speakers": 0, "voices": DEFAULT_VOICES,
+                "held_out_voices": DEFAULT_HELD_OUT_VOICES}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,24 +175,28 @@ class Sentence:
 class Speaker:
     id: int
     split: str
-    accent: str  # espeak-ng accent, or "flite"
-    variant: str  # espeak-ng variant, or the flite voice
+    accent: str  # espeak-ng accent, or the engine of a flite or natural voice
+    variant: str  # espeak-ng variant, the flite voice, or a natural voice's id ("rhvoice:bdl")
     sex: str
-    pitch: int  # espeak-ng's 0-99, or flite's mean F0 in Hz
-    speed: int  # words per minute (espeak-ng), or percent of the flite voice's own rate
+    pitch: int  # espeak-ng's 0-99, flite's mean F0 in Hz, or percent of a natural voice's F0
+    speed: int  # words per minute (espeak-ng), or percent of the flite or natural voice's own rate
     pitch_range: int  # percent of the variant's intonation range (espeak-ng)
     word_gap: int  # espeak-ng
     amplitude: int  # espeak-ng
     description: str
-    warp: float = 1.0  # flite: vocal-tract length factor (> 1 shorter: formants and F0 higher)
+    warp: float = 1.0  # vocal-tract length factor (> 1 shorter: formants and F0 higher)
+
+    @property
+    def natural(self) -> bool:
+        return self.variant in tts.NATURAL_VOICES
 
     @property
     def engine(self) -> str:
-        return "flite" if self.accent == "flite" else "espeak-ng"
+        return self.accent if self.natural or self.accent == "flite" else "espeak-ng"
 
     @property
     def voice(self) -> str:
-        return self.variant if self.engine == "flite" else f"{self.accent}+{self.variant}"
+        return self.variant if self.engine != "espeak-ng" else f"{self.accent}+{self.variant}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,6 +363,52 @@ def _flite_speaker(id: int, voice: str, rng: np.random.Generator) -> Speaker:
     )
 
 
+def _natural_speaker(id: int, split: str, voice_id: str, rng: np.random.Generator) -> Speaker:
+    voice = tts.NATURAL_VOICES[voice_id]
+    pitch = int(rng.integers(NATURAL_PITCH_PERCENT[0], NATURAL_PITCH_PERCENT[1] + 1)) if voice.pitch else 100
+    speed = int(rng.integers(NATURAL_SPEED_PERCENT[0], NATURAL_SPEED_PERCENT[1] + 1))
+    warp = round(float(rng.uniform(*WARP)), 3)
+    return Speaker(
+        id=id, split=split, accent=voice.engine, variant=voice_id, sex=voice.sex, pitch=pitch, speed=speed,
+        pitch_range=100, word_gap=0, amplitude=100, warp=warp,
+        description=f"{voice_id} pitch={pitch}% speed={speed}% warp={warp}",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class NaturalVoices:
+    splits: dict[str, list[str]]  # split -> the installed voice ids its natural speakers use
+    skipped: dict[str, str]  # voice id -> why it cannot speak here
+
+
+def natural_voices(config: CorpusConfig) -> NaturalVoices:
+    """The natural voices of each split: train's from ``config.voices`` less the held-out
+    ones; test takes the installed held-out voices 1, 3, ..., dev 2, 4, .... A voice that is
+    not installed is skipped with one line on stderr."""
+    held = tts.select_voices(config.held_out_voices)
+    wanted = [v for v in tts.select_voices(config.voices) if v not in held]
+    if not config.natural_speakers:
+        return NaturalVoices({split: [] for split in SPLITS}, {})
+    skipped = {v: reason for v in wanted + held if (reason := tts.missing_reason(v))}
+    for voice_id, reason in skipped.items():
+        print(f"skipping voice {voice_id}: {reason}", file=sys.stderr)
+    held = [v for v in held if v not in skipped]
+    train = [v for v in wanted if v not in skipped]
+    if not train:
+        raise ValueError(f"natural_speakers={config.natural_speakers} but none of the voices '{config.voices}' "
+                         "is installed here (tools/install_voices.sh)")
+    return NaturalVoices({"train": train, "dev": held[1::2], "test": held[0::2]}, skipped)
+
+
+def _natural_count(config: CorpusConfig, split: str, natural: NaturalVoices) -> int:
+    if split == "train":
+        return config.natural_speakers
+    if not natural.splits[split]:
+        return 0
+    share = config.natural_speakers / max(1, config.train_speakers)
+    return min(getattr(config, f"{split}_speakers"), round(getattr(config, f"{split}_speakers") * share))
+
+
 def _pairs(accents: list[Accent], variants: list[Variant], rng: np.random.Generator) -> Iterator[tuple[Accent, Variant]]:
     """Endless (accent, variant) pairs: every variant once, then each again with the
     next accent, so that few speakers cover many voices."""
@@ -345,18 +418,23 @@ def _pairs(accents: list[Accent], variants: list[Variant], rng: np.random.Genera
             yield accents[(i + turn) % len(accents)], variant
 
 
-def make_speakers(config: CorpusConfig, voices: Voices) -> dict[str, list[Speaker]]:
+def make_speakers(
+    config: CorpusConfig, voices: Voices, natural: NaturalVoices | None = None
+) -> dict[str, list[Speaker]]:
     """Create every split's speakers, deterministically from ``config.seed``.
 
     test, then dev, take whole variant families (about one variant per speaker,
     at most a sixth of all variants each) and, given four or more regional
     accents, one accent each, which some of their speakers use alongside the
     train accents. train speakers alternate female and male and spread over all
-    remaining (accent, variant) pairs; the last ``flite_speakers`` of them are
-    flite voices in turn. Speaker ids are allocated test first, so that the
-    held-out splits do not change when train grows, and adding flite speakers
-    leaves the espeak-ng ones as they were.
+    remaining (accent, variant) pairs; after them come ``flite_speakers`` flite
+    voices in turn, then ``natural_speakers`` of ``natural``'s (default:
+    :func:`natural_voices`) train voices in turn. test and dev end with their share of
+    natural speakers from their held-out voices. Speaker ids are allocated test
+    first, so that the held-out splits do not change when train grows, and adding
+    flite or natural speakers to train leaves its espeak-ng ones as they were.
     """
+    natural = natural or natural_voices(config)
     rng = np.random.default_rng([config.seed, 1])
     regional = [a for a in voices.accents if a.code not in PRIMARY_ACCENTS]
     held_accents = dict(zip(("test", "dev"), _shuffled(regional, rng))) if len(regional) >= 4 else {}
@@ -377,19 +455,28 @@ def make_speakers(config: CorpusConfig, voices: Voices) -> dict[str, list[Speake
             accents = [held_accents[split]] if held_accents else []
             accents += _shuffled(train_accents, srng)
             pairs = [zip(itertools.cycle(accents), itertools.cycle(variants))] if variants else []
-        n_flite = config.flite_speakers if split == "train" else 0
-        if not 0 <= n_flite <= n:
-            raise ValueError(f"flite_speakers={n_flite} must lie between 0 and train_speakers={n}")
-        if n > n_flite and not pairs:
+        n_other = _natural_count(config, split, natural) + (config.flite_speakers if split == "train" else 0)
+        if split == "train" and not 0 <= n_other <= n:
+            raise ValueError(f"flite_speakers + natural_speakers = {n_other} must lie between 0 and train_speakers={n}")
+        if n > n_other and not pairs:
             raise ValueError(f"no espeak-ng variants left for {split}")
         speakers[split] = [
-            _speaker(next(ids), split, *next(pairs[i % len(pairs)]), srng) for i in range(n - n_flite)
+            _speaker(next(ids), split, *next(pairs[i % len(pairs)]), srng) for i in range(n - n_other)
         ]
+        if split != "train":
+            speakers[split] += _natural_speakers(config, split, natural, ids)
     if config.flite_speakers:
         flite_voices = itertools.cycle(tts.list_flite_voices())
         frng = np.random.default_rng([config.seed, 4])
         speakers["train"] += [_flite_speaker(next(ids), next(flite_voices), frng) for _ in range(config.flite_speakers)]
+    speakers["train"] += _natural_speakers(config, "train", natural, ids)
     return speakers
+
+
+def _natural_speakers(config: CorpusConfig, split: str, natural: NaturalVoices, ids: Iterator[int]) -> list[Speaker]:
+    voice_ids = itertools.cycle(natural.splits[split])
+    rng = np.random.default_rng([config.seed, 5, SPLITS.index(split)])
+    return [_natural_speaker(next(ids), split, next(voice_ids), rng) for _ in range(_natural_count(config, split, natural))]
 
 
 def plan_corpus(
@@ -491,7 +578,12 @@ def synthesize_utterance(utterance: Utterance, config: CorpusConfig) -> np.ndarr
     speaker = utterance.speaker
     rng = np.random.default_rng([config.seed, 3, speaker.id, utterance.chapter, utterance.index])
     jitter = rng.uniform(1 - SPEED_JITTER, 1 + SPEED_JITTER)
-    if speaker.engine == "flite":
+    if speaker.natural:
+        voice = tts.NATURAL_VOICES[speaker.variant]
+        pitch = speaker.pitch / 100 * (1 + rng.uniform(-NATURAL_PITCH_JITTER, NATURAL_PITCH_JITTER)) if voice.pitch else 1.0
+        seed = int(rng.integers(2**31))
+        speech = tts.speak(speaker.variant, utterance.sentence.text, speaker.speed / 100 * jitter, pitch, speaker.warp, seed)
+    elif speaker.engine == "flite":
         f0 = speaker.pitch + int(rng.integers(-FLITE_F0_JITTER_HZ, FLITE_F0_JITTER_HZ + 1))
         speech = tts.flite(utterance.sentence.text, speaker.variant, speaker.speed / 100 * jitter, f0, speaker.warp)
     else:
@@ -527,13 +619,25 @@ def _text_source(config: CorpusConfig) -> dict:
     return {"source": f"{FORTUNE_DIR}: {', '.join(files)}", "licence": TEXT_LICENCE}
 
 
+def _natural_meta(natural: NaturalVoices) -> dict:
+    used = [voice_id for split in SPLITS for voice_id in natural.splits[split]]
+    engines = sorted({tts.NATURAL_VOICES[voice_id].engine for voice_id in used})
+    return {
+        "splits": natural.splits,
+        "skipped": natural.skipped,
+        "engines": {engine: tts.engine_version(engine) for engine in engines},
+        "licences": {voice_id: tts.NATURAL_VOICES[voice_id].licence for voice_id in used},
+    }
+
+
 def _write_speakers_txt(path: Path, speakers: dict[str, list[Speaker]], seconds: dict[int, float]) -> None:
+    everyone = sorted((s for split in SPLITS for s in speakers[split]), key=lambda s: s.id)
+    natural = "natural-voice " if any(s.natural for s in everyone) else ""
     lines = [
-        "; Synthetic espeak-ng (and flite) speakers written by tools/synthesize_corpus.py",
-        "; in the format of LibriSpeech's SPEAKERS.TXT; NAME is accent+variant and settings",
+        f"; Synthetic espeak-ng (and flite{' and ' + natural.strip() if natural else ''}) speakers written by tools/synthesize_corpus.py",
+        f"; in the format of LibriSpeech's SPEAKERS.TXT; NAME is accent+variant{' or engine:voice' if natural else ''} and settings",
         ";ID  |SEX| SUBSET           |MINUTES| NAME",
     ]
-    everyone = sorted((s for split in SPLITS for s in speakers[split]), key=lambda s: s.id)
     for s in everyone:
         lines.append(f"{s.id:<5}| {s.sex} | {s.split:<16} | {seconds[s.id] / 60:5.2f} | {s.description}")
     path.write_text("\n".join(lines) + "\n")
@@ -556,10 +660,12 @@ def synthesize_corpus(
     """
     out = Path(out)
     wanted = dataclasses.asdict(config)
+    # a corpus without natural voices keeps the corpus.json it had before they existed
+    natural_fields = ("natural_speakers", "voices", "held_out_voices")
+    written = {k: v for k, v in wanted.items() if config.natural_speakers or k not in natural_fields}
     if (out / "corpus.json").is_file():
         meta = json.loads((out / "corpus.json").read_text())
-        # corpora written before flite voices existed have no flite_speakers
-        if {"flite_speakers": 0} | meta.get("config", {}) == wanted:
+        if ADDED_FIELDS | meta.get("config", {}) == wanted:
             print(f"{out} already holds this corpus; nothing to do", file=sys.stderr)
             return meta
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -568,7 +674,8 @@ def synthesize_corpus(
 
     voices = tts.list_voices()
     sentences = load_sentences(config.text)
-    speakers = make_speakers(config, voices)
+    natural = natural_voices(config)
+    speakers = make_speakers(config, voices, natural)
     utterances = plan_corpus(config, sentences, speakers)
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -596,6 +703,7 @@ def synthesize_corpus(
 
         _write_speakers_txt(tmp / "SPEAKERS.txt", speakers, seconds)
         family = {v.file: v.family for v in voices.variants} | {v: f"flite-{v}" for v in tts.FLITE_VOICES}
+        family |= {voice_id: voice_id for voice_id in tts.NATURAL_VOICES}
         splits = {}
         for split in SPLITS:
             said = [u for u in utterances if u.split == split]
@@ -614,9 +722,10 @@ def synthesize_corpus(
         meta = {
             "format": "LibriSpeech",
             "sample_rate": SAMPLE_RATE,
-            "config": wanted,
+            "config": written,
             "espeak_ng": tts.espeak_version(),
             **({"flite": tts.flite_version()} if config.flite_speakers else {}),
+            **({"natural_voices": _natural_meta(natural)} if config.natural_speakers else {}),
             "text": _text_source(config) | {"sentences_available": len(sentences)},
             "voices": {
                 "accents": [dataclasses.asdict(a) for a in voices.accents],
@@ -676,7 +785,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed,
                         help="same arguments and seed give byte-identical corpora")
     parser.add_argument("--flite-speakers", type=int, default=defaults.flite_speakers,
-                        help="of the train speakers, CMU flite voices (apt-get install flite)")
+                        help="of the train speakers, CMU flite voices (apt-get install flite); dev and test stay espeak-ng")
+    parser.add_argument("--natural-speakers", type=int, default=defaults.natural_speakers,
+                        help="of the train speakers, natural voices from --voices (tools/install_voices.sh); "
+                        "dev and test get the same share from --held-out-voices")
+    parser.add_argument("--voices", default=defaults.voices,
+                        help="engines or voice ids (e.g. rhvoice:bdl) the natural speakers use: "
+                        + ", ".join(tts.NATURAL_VOICES))
+    parser.add_argument("--held-out-voices", default=defaults.held_out_voices,
+                        help="natural voices only test (1st, 3rd, ...) and dev (2nd, ...) hear, never train")
     parser.add_argument("--text", default=defaults.text,
                         help="text file, one sentence per line, instead of the fortunes")
     parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),

@@ -422,19 +422,26 @@ def _piper(voice: NaturalVoice, text: str, rate: float, pitch: float, seed: int)
     return np.concatenate([chunk.audio_float_array for chunk in chunks]), chunks[0].sample_rate
 
 
+FLITE_NATURAL_F0 = {"kal16": 105, "awb": 110, "rms": 100, "slt": 170}  # mean F0 targets, Hz
+
+
 def _flite(voice: NaturalVoice, text: str, rate: float, pitch: float, seed: int) -> tuple[np.ndarray, int]:
     f0 = round(FLITE_NATURAL_F0[voice.name] * pitch)
     return _flite_raw(text, voice.name, rate, f0, 1.0), SAMPLE_RATE
 
 
-FLITE_NATURAL_F0 = {"kal16": 105, "awb": 110, "rms": 100, "slt": 170}  # mean F0 targets, Hz
 ENGINES = {"rhvoice": _rhvoice, "festival": _festival, "pico": _pico, "hibari": _hibari, "piper": _piper, "flite": _flite}
 
 
 def speak(voice_id: str, text: str, speed: float = 1.0, pitch: float = 1.0, warp_factor: float = 1.0, seed: int = 0) -> np.ndarray:
     """``text`` in the natural voice ``voice_id`` at ``speed`` times its own rate, F0 times
     ``pitch`` (voices whose engine moves F0), through a vocal tract ``warp_factor`` times shorter
-    (formants and F0 up by the factor, tempo kept); ``seed`` fixes a neural voice's sampling."""
+    (formants and F0 up by the factor, tempo kept); ``seed`` fixes a neural voice's sampling.
+
+    The neural voices (hibari, piper) take speed only approximately: their duration moves as
+    speed ** -0.4 to -0.8 (measured 2026-12-07 between speed 0.8 and 1.25 on four sentences;
+    RHVoice, festival and pico -0.9 to -1.0), so their warped speakers talk a little faster
+    (warp > 1) or slower (warp < 1) than asked."""
     voice = NATURAL_VOICES[voice_id]
     # the warp plays the audio `warp_factor` times faster: synthesise that much slower
     samples, rate = ENGINES[voice.engine](voice, text, speed / warp_factor, pitch, seed)
