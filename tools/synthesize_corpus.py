@@ -8,8 +8,8 @@ pitch, gets random leading/trailing silence, additive coloured noise at a
 random SNR, sometimes synthetic reverberation, and a random level.
 
 ``--natural-speakers N`` makes N of the train speakers natural voices instead:
-models of recorded people (RHVoice, festival, SVOX pico, hibari, piper, CMU flite;
-``tools/tts.py``), taken in turn from ``--voices``, each speaker with its own
+models of recorded people (RHVoice, festival, SVOX pico, hibari, CMU flite by default;
+piper on request; ``tools/tts.py``), taken in turn from ``--voices``, each speaker with its own
 pitch, speed and vocal-tract length (a resampling warp of 0.88-1.15). The voices of
 ``--held-out-voices`` never speak in train: test takes the first, dev the second
 (and so on alternately), each with as large a share of its speakers as train's
@@ -128,7 +128,7 @@ WARP = (0.88, 1.15)
 NATURAL_PITCH_PERCENT = (90, 112)
 NATURAL_SPEED_PERCENT = (85, 115)
 NATURAL_PITCH_JITTER = 0.03
-DEFAULT_VOICES = "rhvoice,festival,pico,hibari,piper,flite"
+DEFAULT_VOICES = "rhvoice,festival,pico,hibari,flite"  # piper:joe's licence is in doubt (tools/tts.py)
 # Two of the most human voices, one male (Scottish) and one female: unseen speakers for test and dev.
 DEFAULT_HELD_OUT_VOICES = "rhvoice:alan,festival:slt"
 

