@@ -268,8 +268,9 @@ class NaturalVoice:
     licence: str  # of the voice data
 
 
-# Every free English voice installable here that sounds like a person (pocketsphinx's WER on its
-# speech, 2026-12-07: 2-15%, against espeak-ng's 67%), named "engine:voice".
+# Every free English voice installable here that sounds like a person, named "engine:voice".
+# PocketSphinx's WER on their speech: 8-34% against espeak-ng's 86% (tools/bench_voices.py,
+# 2026-12-07; recipes/synthetic/RESULTS.md).
 NATURAL_VOICES = {
     "rhvoice:bdl": NaturalVoice("rhvoice", "bdl", "M", True, "LGPL-2.1+"),
     "rhvoice:clb": NaturalVoice("rhvoice", "clb", "F", True, "LGPL-2.1+"),
@@ -283,7 +284,7 @@ NATURAL_VOICES = {
     # Its recordings are CC0, but its model card says it was fine-tuned from piper's lessac voice,
     # whose Blizzard 2011 recordings are licensed for research alone: not among the default voices.
     "piper:joe": NaturalVoice("piper", "joe", "M", False, "CC0 recordings; fine-tuned from lessac (research licence)"),
-    **{f"flite:{name}": NaturalVoice("flite", name, sex, True, "BSD-style (CMU)") for name, sex in FLITE_VOICES.items()},
+    **{f"flite:{name}": NaturalVoice("flite", name, sex, name != "rms", "BSD-style (CMU)") for name, sex in FLITE_VOICES.items()},
 }
 NATURAL_SILENCE = 0.01  # of the peak, as for flite: neural and unit voices pause with low noise
 FESTIVAL_VOICE_DIRS = {
