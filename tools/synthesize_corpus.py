@@ -45,7 +45,7 @@ Examples::
 
     # default corpus: 14.3 h train, 0.2 h dev, 0.3 h test (9 min on 2 busy cores)
     python tools/synthesize_corpus.py --out data/synth
-    # natural voices: 150 of 200 train speakers, a quarter of dev's and test's espeak-ng
+    # natural voices: 150 of the 200 train speakers, 6 of dev's 8 and 6 of test's 8
     python tools/synthesize_corpus.py --out data/synth --natural-speakers 150
     # quick corpus for smoke tests: 25 min of audio in about 15 s
     python tools/synthesize_corpus.py --out data/synth_quick --train-sentences 300 \\
@@ -434,7 +434,7 @@ def make_speakers(
     first, so that the held-out splits do not change when train grows, and adding
     flite or natural speakers to train leaves its espeak-ng ones as they were.
     """
-    natural = natural or natural_voices(config)
+    natural = natural_voices(config) if natural is None else natural
     rng = np.random.default_rng([config.seed, 1])
     regional = [a for a in voices.accents if a.code not in PRIMARY_ACCENTS]
     held_accents = dict(zip(("test", "dev"), _shuffled(regional, rng))) if len(regional) >= 4 else {}
@@ -632,10 +632,11 @@ def _natural_meta(natural: NaturalVoices) -> dict:
 
 def _write_speakers_txt(path: Path, speakers: dict[str, list[Speaker]], seconds: dict[int, float]) -> None:
     everyone = sorted((s for split in SPLITS for s in speakers[split]), key=lambda s: s.id)
-    natural = "natural-voice " if any(s.natural for s in everyone) else ""
+    natural = any(s.natural for s in everyone)
+    kinds, name = ("espeak-ng and natural-voice", "accent+variant or engine:voice") if natural else ("espeak-ng (and flite)", "accent+variant")
     lines = [
-        f"; Synthetic espeak-ng (and flite{' and ' + natural.strip() if natural else ''}) speakers written by tools/synthesize_corpus.py",
-        f"; in the format of LibriSpeech's SPEAKERS.TXT; NAME is accent+variant{' or engine:voice' if natural else ''} and settings",
+        f"; Synthetic {kinds} speakers written by tools/synthesize_corpus.py",
+        f"; in the format of LibriSpeech's SPEAKERS.TXT; NAME is {name} and settings",
         ";ID  |SEX| SUBSET           |MINUTES| NAME",
     ]
     for s in everyone:
