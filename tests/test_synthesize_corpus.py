@@ -283,7 +283,7 @@ def test_natural_plan_keeps_held_out_voices_from_train_and_is_deterministic(monk
         for s in natural[split]:
             voice = sc.tts.NATURAL_VOICES[s.voice]
             assert (s.engine, s.sex, s.split) == (voice.engine, voice.sex, split)
-            assert sc.WARP[0] <= s.warp <= sc.WARP[1]
+            assert sc.NATURAL_WARP[s.sex][0] <= s.warp <= sc.NATURAL_WARP[s.sex][1]
             assert s.pitch == 100 or voice.pitch
     assert len({s.id for split in speakers.values() for s in split}) == 28
     other_seed = sc.make_speakers(dataclasses.replace(NATURAL_CONFIG, seed=8), voices)

@@ -1,6 +1,6 @@
 """Every voice of tools/tts.py: synthesis speed, and how human PocketSphinx finds it.
 
-    python tools/bench_voices.py [--sentences 20] [--voices rhvoice,hibari:heart,...]
+    python tools/bench_voices.py [--sentences 20] [--voices rhvoice,hibari:heart,...] [--warp 1.0]
 
 Each voice (natural voices that are installed, and espeak-ng en-us for reference) says the same
 fortune sentences of 10-17 words at its own pitch and rate, as tools/synthesize_corpus.py makes
@@ -37,10 +37,10 @@ def cpu_seconds() -> float:
     return time.process_time() + children.ru_utime + children.ru_stime
 
 
-def synthesise(voice_id: str, text: str) -> np.ndarray:
+def synthesise(voice_id: str, text: str, warp: float) -> np.ndarray:
     if voice_id == ESPEAK:  # espeak-ng's defaults: 175 words per minute, pitch 50
         return tts.espeak(text, "en-us", 175, 50, 100, 100, 0)
-    return tts.speak(voice_id, text)
+    return tts.speak(voice_id, text, warp_factor=warp)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--voices", default=",".join(tts.NATURAL_VOICES),
                         help="engines or voice ids of tools/tts.py (espeak-ng en-us is always measured)")
     parser.add_argument("--seed", type=int, default=0, help="which sentences")
+    parser.add_argument("--warp", type=float, default=1.0,
+                        help="vocal-tract warp of the natural voices (the corpus draws 0.88-1.15)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
@@ -65,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         if reason:
             print(f"| {voice_id} | not installed: {reason} | | |")
             continue
-        synthesise(voice_id, "Warm up.")  # loads a neural voice's model
+        synthesise(voice_id, "Warm up.", args.warp)  # loads a neural voice's model
         start = cpu_seconds()
-        audios = [synthesise(voice_id, s.text) for s in sentences]
+        audios = [synthesise(voice_id, s.text, args.warp) for s in sentences]
         seconds = cpu_seconds() - start
         audio_s = sum(len(a) for a in audios) / tts.SAMPLE_RATE
         texts, _ = pocketsphinx_transcribe([torch.from_numpy(a) for a in audios])

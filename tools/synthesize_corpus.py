@@ -10,7 +10,8 @@ random SNR, sometimes synthetic reverberation, and a random level.
 ``--natural-speakers N`` makes N of the train speakers natural voices instead:
 models of recorded people (RHVoice, festival, SVOX pico, hibari, CMU flite by default;
 piper on request; ``tools/tts.py``), taken in turn from ``--voices``, each speaker with its own
-pitch, speed and vocal-tract length (a resampling warp of 0.88-1.15). The voices of
+pitch, speed and vocal-tract length (a resampling warp, 0.97-1.15 for men's voices and
+0.88-1.03 for women's, which keeps them adults' voices). The voices of
 ``--held-out-voices`` never speak in train: test takes the first, dev the second
 (and so on alternately), each with as large a share of its speakers as train's
 natural share. A voice that is not installed is left out with one line on stderr.
@@ -128,6 +129,11 @@ WARP = (0.88, 1.15)
 NATURAL_PITCH_PERCENT = (90, 112)
 NATURAL_SPEED_PERCENT = (85, 115)
 NATURAL_PITCH_JITTER = 0.03
+# Vocal-tract warps that keep a natural voice an adult's: lengthening a man's tract or shortening a
+# woman's soon sounds far less human (PocketSphinx WER, tools/bench_voices.py --warp, 2026-12-07:
+# RHVoice bdl 8% -> 22% at 0.88, festival ked 34% -> 56% at 0.92; SVOX pico 20% -> 40% at 1.06 and
+# 89% at 1.15), while the other way costs little (bdl 9% at 1.15, RHVoice clb 9% at 0.88).
+NATURAL_WARP = {"M": (0.97, 1.15), "F": (0.88, 1.03)}
 DEFAULT_VOICES = "rhvoice,festival,pico,hibari,flite"  # piper:joe's licence is in doubt (tools/tts.py)
 # Two of the most human voices, one male (Scottish) and one female: unseen speakers for test and dev.
 DEFAULT_HELD_OUT_VOICES = "rhvoice:alan,festival:slt"
@@ -367,7 +373,7 @@ def _natural_speaker(id: int, split: str, voice_id: str, rng: np.random.Generato
     voice = tts.NATURAL_VOICES[voice_id]
     pitch = int(rng.integers(NATURAL_PITCH_PERCENT[0], NATURAL_PITCH_PERCENT[1] + 1)) if voice.pitch else 100
     speed = int(rng.integers(NATURAL_SPEED_PERCENT[0], NATURAL_SPEED_PERCENT[1] + 1))
-    warp = round(float(rng.uniform(*WARP)), 3)
+    warp = round(float(rng.uniform(*NATURAL_WARP[voice.sex])), 3)
     return Speaker(
         id=id, split=split, accent=voice.engine, variant=voice_id, sex=voice.sex, pitch=pitch, speed=speed,
         pitch_range=100, word_gap=0, amplitude=100, warp=warp,
