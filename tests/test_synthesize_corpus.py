@@ -147,7 +147,9 @@ def test_same_seed_gives_identical_corpus(corpora):
 def test_metadata_and_idempotence(corpora):
     out, _ = corpora
     meta = json.loads((out / "corpus.json").read_text())
-    assert meta["config"] == dataclasses.asdict(CONFIG)
+    # without natural voices, corpus.json is written as before they existed
+    natural_fields = ("natural_speakers", "voices", "held_out_voices")
+    assert meta["config"] == {k: v for k, v in dataclasses.asdict(CONFIG).items() if k not in natural_fields}
     assert "BSD" in meta["text"]["licence"]
     before = (out / "corpus.json").stat().st_mtime_ns
     assert sc.synthesize_corpus(out, CONFIG, progress=False) == meta
@@ -200,14 +202,14 @@ FLITE_CONFIG = dataclasses.replace(CONFIG, train_sentences=6, train_speakers=5, 
 @requires_espeak
 @requires_flite
 def test_flite_speakers_join_train_and_leave_the_espeak_speakers_as_they_were():
-    voices = sc.list_voices()
+    voices = sc.tts.list_voices()
     speakers = sc.make_speakers(FLITE_CONFIG, voices)
     without = sc.make_speakers(dataclasses.replace(FLITE_CONFIG, train_speakers=3, flite_speakers=0), voices)
     assert speakers["train"][:3] == without["train"]
     assert speakers["dev"] == without["dev"] and speakers["test"] == without["test"]
     flite = speakers["train"][3:]
     assert [s.engine for s in flite] == ["flite", "flite"]
-    assert [s.voice for s in flite] == list(sc.FLITE_VOICES)[:2]
+    assert [s.voice for s in flite] == list(sc.tts.FLITE_VOICES)[:2]
     assert all(sc.WARP[0] <= s.warp <= sc.WARP[1] for s in flite)
     assert len({s.id for split in speakers.values() for s in split}) == 5 + 2 + 2
     with pytest.raises(ValueError, match="flite_speakers"):
@@ -224,9 +226,7 @@ def test_flite_warp_scales_pitch_and_keeps_the_tempo():
     text = "The quick brown fox jumps over the lazy dog, said the old man quietly."
     pitch, seconds = {}, {}
     for factor in (0.9, 1.12):
-        speaker = sc._flite_speaker(1, "slt", np.random.default_rng(0))
-        speaker = dataclasses.replace(speaker, warp=factor)
-        audio = sc.warp(sc.trim_silence(sc.flite(text, speaker, 1.0, 170), sc.FLITE_SILENCE), factor)
+        audio = sc.tts.flite(text, "slt", 1.0, 170, factor)
         f0 = torchaudio.functional.detect_pitch_frequency(torch.from_numpy(audio), sc.SAMPLE_RATE, freq_low=60, freq_high=500)
         pitch[factor], seconds[factor] = float(f0.median()), len(audio) / sc.SAMPLE_RATE
     assert pitch[1.12] / pitch[0.9] == pytest.approx(1.12 / 0.9, rel=0.08)
@@ -258,3 +258,83 @@ def test_flite_corpus_audio_and_metadata(tmp_path):
     (out / "corpus.json").write_text(json.dumps(old))
     no_flite = dataclasses.replace(FLITE_CONFIG, flite_speakers=0)
     assert sc.synthesize_corpus(out, no_flite, progress=False) == old
+
+
+HELD_OUT = ("rhvoice:alan", "festival:slt")
+NATURAL_CONFIG = dataclasses.replace(
+    CONFIG, train_sentences=8, train_speakers=20, natural_speakers=15, dev_speakers=4, test_speakers=4,
+    noise_prob=0.0, reverb_prob=0.0,
+)
+
+
+@requires_espeak
+def test_natural_plan_keeps_held_out_voices_from_train_and_is_deterministic(monkeypatch):
+    monkeypatch.setattr(sc.tts, "missing_reason", lambda voice_id: None)  # plan as if every voice were installed
+    voices = sc.tts.list_voices()
+    speakers = sc.make_speakers(NATURAL_CONFIG, voices)
+    assert speakers == sc.make_speakers(NATURAL_CONFIG, voices)
+    natural = {split: [s for s in speakers[split] if s.natural] for split in sc.SPLITS}
+    assert len(natural["train"]) == 15 and len(speakers["train"]) == 20
+    assert {s.voice for s in natural["train"]} == set(sc.tts.select_voices(sc.DEFAULT_VOICES)) - set(HELD_OUT)
+    # test and dev: the train share (15 of 20) of their 4 speakers, each from its own held-out voice
+    assert [s.voice for s in natural["test"]] == ["rhvoice:alan"] * 3
+    assert [s.voice for s in natural["dev"]] == ["festival:slt"] * 3
+    for split in sc.SPLITS:
+        for s in natural[split]:
+            voice = sc.tts.NATURAL_VOICES[s.voice]
+            assert (s.engine, s.sex, s.split) == (voice.engine, voice.sex, split)
+            assert sc.NATURAL_WARP[s.sex][0] <= s.warp <= sc.NATURAL_WARP[s.sex][1]
+            assert s.pitch == 100 or voice.pitch
+    assert len({s.id for split in speakers.values() for s in split}) == 28
+    other_seed = sc.make_speakers(dataclasses.replace(NATURAL_CONFIG, seed=8), voices)
+    assert [s.warp for s in other_seed["train"][5:]] != [s.warp for s in natural["train"]]
+
+
+@requires_espeak
+def test_a_natural_voice_that_is_not_installed_is_skipped_with_one_line(monkeypatch, capsys):
+    missing = "not installed (tools/install_voices.sh)"
+    monkeypatch.setattr(sc.tts, "missing_reason", lambda voice_id: missing if voice_id.startswith("rhvoice") else None)
+    natural = sc.natural_voices(NATURAL_CONFIG)
+    lines = capsys.readouterr().err.splitlines()
+    rhvoices = ["rhvoice:bdl", "rhvoice:clb", "rhvoice:slt", "rhvoice:alan"]
+    assert lines == [f"skipping voice {voice_id}: {missing}" for voice_id in rhvoices]
+    assert natural.skipped == dict.fromkeys(rhvoices, missing)
+    assert natural.splits["test"] == ["festival:slt"] and natural.splits["dev"] == []
+    assert not any(v.startswith("rhvoice") for v in natural.splits["train"])
+    speakers = sc.make_speakers(NATURAL_CONFIG, sc.tts.list_voices(), natural)
+    assert not [s for s in speakers["dev"] if s.natural]  # dev keeps espeak-ng voices alone
+    monkeypatch.setattr(sc.tts, "missing_reason", lambda voice_id: missing)
+    with pytest.raises(ValueError, match="install_voices.sh"):
+        sc.natural_voices(NATURAL_CONFIG)
+
+
+SMALL_NATURAL = dataclasses.replace(
+    NATURAL_CONFIG, train_speakers=5, natural_speakers=3, dev_speakers=2, test_speakers=2, voices="rhvoice:bdl,flite:slt"
+)
+
+
+@requires_espeak
+def test_natural_corpus_audio_and_metadata(tmp_path):
+    for voice_id in ("rhvoice:bdl", "flite:slt", *HELD_OUT):
+        if reason := sc.tts.missing_reason(voice_id):
+            pytest.skip(f"{voice_id}: {reason}")
+    out = tmp_path / "corpus"
+    meta = sc.synthesize_corpus(out, SMALL_NATURAL, jobs=2, progress=False)
+    assert meta["config"] == dataclasses.asdict(SMALL_NATURAL)
+    assert meta["natural_voices"]["splits"] == {"train": ["rhvoice:bdl", "flite:slt"], "dev": ["festival:slt"], "test": ["rhvoice:alan"]}
+    assert set(meta["natural_voices"]["engines"]) == {"rhvoice", "flite", "festival"}
+    splits = meta["splits"]
+    assert {"rhvoice:bdl", "flite:slt"} <= set(splits["train"]["variants"])
+    assert not set(splits["train"]["variants"]) & set(HELD_OUT)
+    assert "rhvoice:alan" in splits["test"]["variants"] and "festival:slt" in splits["dev"]["variants"]
+    utts = _transcripts(out)
+    natural_ids = {str(s["id"]) for split in sc.SPLITS for s in splits[split]["speakers"] if s["variant"] in sc.tts.NATURAL_VOICES}
+    spoken = [(split, u) for split in sc.SPLITS for u in utts[split] if u.split("-")[0] in natural_ids]
+    assert {split for split, _ in spoken} == set(sc.SPLITS)
+    for split, utt_id in spoken:
+        speaker, chapter, _ = utt_id.split("-")
+        samples, rate = sf.read(out / split / speaker / chapter / f"{utt_id}.flac", dtype="float32")
+        words = len(utts[split][utt_id].split())
+        assert rate == 16000 and np.sqrt(np.mean(samples**2)) > 0.005
+        assert 0.15 * words < len(samples) / rate < 1.0 * words + 1.5
+    assert sc.synthesize_corpus(out, SMALL_NATURAL, progress=False) == meta

