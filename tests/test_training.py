@@ -118,7 +118,9 @@ def test_nonfinite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
                          ids=["speed+gain", "speed+gain+pad"])
 def test_augmenting_on_the_device_trains_the_same_weights_as_in_the_loader(tmp_path, augment):
     """data.augment_on moves the speed perturbation from the loader workers to the training
-    device: with speed and gain, the same audio, so bit-identical weights (on the CPU)."""
+    device: with speed and gain, the same audio, so bit-identical weights (on the CPU: the
+    trainer runs on one thread, tiny_config's, as a loader worker does, so both places run the
+    same kernels on the same batches; a convolution's summation order can depend on the thread count)."""
     manifest, _ = make_manifest(tmp_path, count=8)
     weights = {}
     for place in ("loader", "device"):
