@@ -47,7 +47,7 @@ def write_audio(path, audio: torch.Tensor | np.ndarray, rate: int = 16000, chann
 def run_while_progressing(args: list[str], stall_s: float = 600.0, **kwargs) -> subprocess.CompletedProcess:
     """``subprocess.run(args, capture_output=True, text=True)`` for a long end-to-end command, with
     no limit on its total time: it fails only after ``stall_s`` seconds without a byte of new
-    output (every recipe stage prints, and training's progress bar moves every step), so a slow
+    output (every recipe stage prints; training's progress bar, at least every 30 s), so a slow
     or busy machine that is still working is waited for, and a hung command still ends the test."""
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         process = subprocess.Popen(args, stdout=out, stderr=err, text=True, **kwargs)
