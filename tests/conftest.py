@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,28 @@ def write_audio(path, audio: torch.Tensor | np.ndarray, rate: int = 16000, chann
     if channels > 1:
         data = np.stack([data * (1.0 - 0.1 * c) for c in range(channels)], axis=1)
     sf.write(str(path), data, rate, subtype="PCM_16")
+
+
+def run_while_progressing(args: list[str], stall_s: float = 600.0, **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run(args, capture_output=True, text=True)`` for a long end-to-end command, with
+    no limit on its total time: it fails only after ``stall_s`` seconds without a byte of new
+    output (every recipe stage prints; training's progress bar, at least every 30 s), so a slow
+    or busy machine that is still working is waited for, and a hung command still ends the test."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(args, stdout=out, stderr=err, text=True, **kwargs)
+        printed, last_progress = 0, time.monotonic()
+        while process.poll() is None:
+            time.sleep(1.0)
+            now_printed = os.fstat(out.fileno()).st_size + os.fstat(err.fileno()).st_size
+            if now_printed > printed:
+                printed, last_progress = now_printed, time.monotonic()
+            elif time.monotonic() - last_progress > stall_s:
+                process.kill()
+                process.wait()
+                out.seek(0), err.seek(0)
+                raise subprocess.TimeoutExpired(args, stall_s, out.read(), err.read())
+        out.seek(0), err.seek(0)
+        return subprocess.CompletedProcess(args, process.returncode, out.read(), err.read())
 
 
 OVERFIT_SENTENCES = [

@@ -13,6 +13,7 @@ import torch
 from asr.checkpoint import load_checkpoint
 from asr.data.loader import BucketBatchSampler
 from asr.training import DataConfig, OptimConfig, TrainConfig, Trainer
+from conftest import run_while_progressing
 
 WORDS = ["ALPHA", "BRAVO", "CHARLIE", "DELTA"]
 COMMON = {
@@ -71,9 +72,8 @@ def test_two_gloo_ranks_match_single_process(tmp_path, monkeypatch):
     subprocess.run([sys.executable, "-m", "asr", "compute-cmvn", "--manifest", str(manifest), "--out", str(cmvn)], check=True, capture_output=True)
     overrides = [f"{k}={v}" for k, v in COMMON.items()] + [f"data.train={manifest}", f"cmvn={cmvn}", "data.max_frames=400"]
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-    ddp = subprocess.run(
+    ddp = run_while_progressing(
         [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "asr", "train", f"exp_dir={tmp_path / 'ddp'}", *overrides],
-        capture_output=True, text=True, timeout=600,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "2 ranks hold identical weights" in ddp.stdout + ddp.stderr

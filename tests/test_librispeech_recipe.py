@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import requires_espeak
+from conftest import requires_espeak, run_while_progressing
 from httpserver import serve
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def mirror(tmp_path_factory):
 
 
 def run(*args):
-    result = subprocess.run(["bash", str(RUN), *map(str, args)], capture_output=True, text=True, timeout=900)
+    result = run_while_progressing(["bash", str(RUN), *map(str, args)])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 

@@ -3,12 +3,14 @@
 import os
 import re
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from asr.checkpoint import load_checkpoint
-from conftest import requires_espeak
+from conftest import requires_espeak, run_while_progressing
 
 REPO = Path(__file__).resolve().parents[1]
 FSDD = REPO.parent / "shared" / "data" / "fsdd"
@@ -16,10 +18,9 @@ SPEECHOCEAN762 = REPO.parent / "shared" / "data" / "speechocean762"
 
 
 def run_recipe(name, tmp_path, *extra, env=None):
-    result = subprocess.run(
+    result = run_while_progressing(
         ["bash", str(REPO / "recipes" / name / "run.sh"), "--quick", "--data", str(tmp_path / "data"),
-         "--exp", str(tmp_path / "exp"), *extra],
-        capture_output=True, text=True, timeout=1800, env=env,
+         "--exp", str(tmp_path / "exp"), *extra], env=env,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -199,3 +200,15 @@ def test_speechocean762_recipe_quick_runs_end_to_end(tmp_path):
     breakdown = results[results.index("test: WER and CER by speaker age"):]
     assert re.search(r"^  adult  WER \d\.\d{4}  CER \d\.\d{4}  \(\d+ utterances", breakdown, re.M)
     assert re.search(r"^  child  WER \d\.\d{4}  CER \d\.\d{4}  \(\d+ utterances", breakdown, re.M)
+
+
+def test_run_while_progressing_waits_while_output_grows_and_stops_a_silent_command():
+    """The recipes' limit: a command that keeps printing runs past the stall limit; one that
+    goes silent is stopped after it."""
+    ticking = "import sys, time\nfor i in range(6):\n    print(i, flush=True)\n    time.sleep(1)\nsys.exit(3)"
+    start = time.monotonic()
+    result = run_while_progressing([sys.executable, "-c", ticking], stall_s=4)
+    assert (result.returncode, result.stdout) == (3, "0\n1\n2\n3\n4\n5\n") and time.monotonic() - start > 6
+    with pytest.raises(subprocess.TimeoutExpired) as stalled:
+        run_while_progressing([sys.executable, "-c", "print('hi', flush=True); import time; time.sleep(60)"], stall_s=4)
+    assert stalled.value.output == "hi\n" and time.monotonic() - start < 30

@@ -137,7 +137,8 @@ def augment_batch(
     its lengths on the CPU. The rows that share a speed are resampled in one call, three calls
     a batch on a GPU where the loader's CPU cores made one per utterance. Each row comes out as
     it would alone (:func:`_resample_rows`): with speed and gain, the samples that augmenting
-    each utterance by itself gave, bit for bit on the CPU.
+    each utterance by itself gave, to float rounding (the convolution may add a row's terms in
+    another order for another batch shape, thread count or CPU).
     """
     lengths = [int(n) for n in lengths]
     out, out_lengths = _change_speeds(audio, lengths, [p.speed for p in plans])
