@@ -22,7 +22,6 @@ sides here, so a clip cut tight to the speech does not start in the first analys
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -40,7 +39,6 @@ from asr.fileio import atomic_write
 from asr.features import HOP_LENGTH, LogMelFrontend, num_frames
 from asr.text import Tokenizer
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
 SILENCE_DB = 40.0  # a 10 ms frame this far below the segment's loudest is silence
 
 
@@ -58,6 +56,16 @@ class Transcript:
     duration: float  # seconds of audio
     words: list[Word] = field(default_factory=list)
     note: str = ""  # why the text is empty when the reason is known (e.g. digital silence)
+
+    def __getitem__(self, key: str):
+        """``result["text"]``, as whisper's results read: the values of :meth:`to_dict`."""
+        return self.to_dict()[key]
+
+    def to_dict(self) -> dict:
+        """Text, duration and timed words, times rounded to the millisecond (the JSON output)."""
+        words = [{"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3),
+                  "confidence": round(w.confidence, 3)} for w in self.words]
+        return {"text": self.text, "duration": round(self.duration, 3), "words": words}
 
 
 class Transcriber:
@@ -282,63 +290,6 @@ def _trim_to_speech(start: float, end: float, speech: torch.Tensor) -> tuple[flo
     if not len(inside):
         return start, end
     return max(start, (lo + int(inside[0])) * frame), min(end, (lo + int(inside[-1]) + 1) * frame)
-
-
-def audio_files(directory: str | os.PathLike) -> list[Path]:
-    """Audio files under ``directory`` (recursively, by extension), sorted."""
-    return sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
-
-
-def to_json(transcript: Transcript, **fields) -> str:
-    """One line of JSON: ``fields`` (e.g. the audio path), text, duration and timed words."""
-    words = [
-        {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3), "confidence": round(w.confidence, 3)}
-        for w in transcript.words
-    ]
-    return json.dumps(
-        {**fields, "text": transcript.text, "duration": round(transcript.duration, 3), "words": words},
-        ensure_ascii=False,
-    )
-
-
-def subtitle_cues(
-    words: list[Word], max_seconds: float = 7.0, max_chars: int = 42, max_pause: float = 1.0
-) -> list[tuple[float, float, str]]:
-    """Group words into ``(start, end, text)`` cues of at most ``max_seconds`` and ``max_chars``
-    (a longer single word gets a cue of its own). A pause longer than ``max_pause`` also ends a
-    cue, so that no line is on screen long before its words are spoken."""
-    cues, current = [], []
-    for word in words:
-        if current and (
-            word.end - current[0].start > max_seconds
-            or len(" ".join(w.word for w in current)) + 1 + len(word.word) > max_chars
-            or word.start - current[-1].end > max_pause
-        ):
-            cues.append(current)
-            current = []
-        current.append(word)
-    if current:
-        cues.append(current)
-    return [(cue[0].start, cue[-1].end, " ".join(w.word for w in cue)) for cue in cues]
-
-
-def _timestamp(seconds: float, separator: str) -> str:
-    ms = round(seconds * 1000)
-    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{separator}{ms % 1000:03d}"
-
-
-def to_srt(transcript: Transcript) -> str:
-    return "".join(
-        f"{n}\n{_timestamp(start, ',')} --> {_timestamp(end, ',')}\n{text}\n\n"
-        for n, (start, end, text) in enumerate(subtitle_cues(transcript.words), start=1)
-    )
-
-
-def to_vtt(transcript: Transcript) -> str:
-    return "WEBVTT\n\n" + "".join(
-        f"{_timestamp(start, '.')} --> {_timestamp(end, '.')}\n{text}\n\n"
-        for start, end, text in subtitle_cues(transcript.words)
-    )
 
 
 def decode_manifest(

@@ -322,6 +322,9 @@ def test_export_and_runtime_errors_are_one_line(tmp_path):
     done = cli("transcribe", "--runtime", "onnx", "--model", str(tmp_path), str(tmp_path / "x.wav"))
     assert done.returncode == 2 and "not an export directory" in done.stderr
     export_checkpoint(ckpt, tmp_path / "offline")
+    (tmp_path / "empty").mkdir()  # reported as with the torch runtime, not skipped
+    done = cli("transcribe", "--runtime", "onnx", "--model", str(tmp_path / "offline"), str(tmp_path / "empty"))
+    assert done.returncode == 1 and f"asr transcribe: error: {tmp_path / 'empty'}: no audio files" in done.stderr
     done = cli("stream", "--runtime", "onnx", "--model", str(tmp_path / "offline"), "--file", str(tmp_path / "x.wav"))
     assert done.returncode == 2 and "cannot stream" in done.stderr
     with pytest.raises(runtime.ExportDirError, match="16 kHz"):
