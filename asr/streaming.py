@@ -34,7 +34,7 @@ from asr.checkpoint import CheckpointError, load_checkpoint
 from asr.decoding import BeamSearchDecoder, BeamSearchOptions, Hypothesis, checkpoint_decoder
 from asr.features import HOP_LENGTH, WIN_LENGTH, StreamingLogMel
 from asr.text import Tokenizer
-from asr.transcribe import _word_spans
+from asr.alignment import word_spans
 
 
 @dataclass
@@ -267,7 +267,7 @@ class Recognizer:
         words = hypothesis.text.split()
         space = self.tokenizer.tokens.index(" ")
         chars = [(token, frame) for token, frame in zip(hypothesis.tokens, hypothesis.frames) if token != space]
-        spans = _word_spans(words, chars, self.tokenizer) if chars else []
+        spans = word_spans(words, chars, self.tokenizer) if chars else []
         self._words = [(word, span[0][1], span[-1][1]) for word, span in zip(words, spans)]
         self._words += [(text, first, last) for first, text, last in tail]
 

@@ -260,7 +260,7 @@ def test_decode_manifest_streamed_in_chunks(tiny_streaming_checkpoint, tmp_path)
     import soundfile as sf
 
     from asr.data.manifest import write_manifest
-    from asr.transcribe import decode_manifest
+    from asr.evaluate import decode_manifest
 
     entries = []
     for i, audio in enumerate(tiny_streaming_checkpoint.audio):

@@ -61,7 +61,7 @@ from asr.models import build_model, count_parameters
 from asr.models.blstm_ctc import BLSTMCTCConfig
 from asr.text import Tokenizer
 from asr.training import TrainConfig, Trainer, compute_cmvn_stats, save_cmvn_stats
-from asr.transcribe import decode_manifest
+from asr.evaluate import decode_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "recipes" / "synthetic" / "conf" / "blstm_ctc.yaml"

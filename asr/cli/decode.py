@@ -10,7 +10,7 @@ from tqdm import tqdm
 from asr.cli.common import add_beam_options, add_verb, beam_options, fail, positive_int
 from asr.metrics import group_summary, read_transcripts, score_by_group, write_alignments
 from asr.metrics import score as score_transcripts
-from asr.transcribe import decode_manifest
+from asr.evaluate import decode_manifest
 
 
 def register(verbs: argparse._SubParsersAction) -> None:

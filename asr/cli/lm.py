@@ -9,7 +9,7 @@ from asr.checkpoint import CheckpointError, load_checkpoint, write_checkpoint
 from asr.cli.common import add_beam_options, add_verb, beam_options, fail, positive_int
 from asr.data.manifest import read_manifest
 from asr.decoding import read_language_model, read_word_list, tune_lm_weights, write_lexicon
-from asr.transcribe import manifest_log_probs
+from asr.evaluate import manifest_log_probs
 from asr.fileio import atomic_write
 from asr.ngram import build_arpa
 from asr.text import normalize_text
