@@ -208,7 +208,8 @@ class BeamSearchDecoder:
         self._online_frames = 0
 
     def step(self, log_probs: torch.Tensor) -> None:
-        """Extend the search over ``(frames, vocab)`` more log-probs of the utterance."""
+        """Extend the search over ``(frames, vocab)`` more log-probs (tensor or array) of the utterance."""
+        log_probs = torch.as_tensor(log_probs)
         if log_probs.ndim != 2 or log_probs.shape[-1] != len(self.tokenizer):
             raise ValueError(f"expected log-probs (frames, {len(self.tokenizer)}), got {tuple(log_probs.shape)}")
         if log_probs.shape[0]:

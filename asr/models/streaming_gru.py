@@ -40,11 +40,12 @@ class StreamingGRUCTCConfig:
 
 @dataclass
 class StreamingState:
-    """What :meth:`StreamingGRUCTC.step` carries from one chunk to the next (batch 1)."""
+    """What :meth:`StreamingGRUCTC.step` carries from one chunk to the next: tensors with the
+    batch first, but ``hidden`` (layers first, as ``nn.GRU``)."""
 
     conv_cache: list[torch.Tensor]  # per conv: input frames not yet consumed (left context first)
-    hidden: torch.Tensor  # (num_layers, 1, hidden_size) GRU state
-    row_cache: torch.Tensor  # (1, frames, hidden_size) GRU outputs waiting for their future context
+    hidden: torch.Tensor  # (num_layers, batch, hidden_size) GRU state
+    row_cache: torch.Tensor  # (batch, frames, hidden_size) GRU outputs waiting for their future context
 
 
 class CausalConvSubsampling(nn.Module):
@@ -90,19 +91,19 @@ class CausalConvSubsampling(nn.Module):
             x = torch.relu(conv(nn.functional.pad(x, (0, 0, KERNEL - 1, 0))))
         return self._flatten(x), self.output_lengths(lengths)
 
-    def initial_cache(self, device: torch.device) -> list[torch.Tensor]:
+    def initial_cache(self, device: torch.device, batch: int = 1) -> list[torch.Tensor]:
         """The left padding of each conv: ``KERNEL - 1`` zero frames."""
-        return [torch.zeros(1, c, KERNEL - 1, bins, device=device) for c, bins in self.in_shapes]
+        return [torch.zeros(batch, c, KERNEL - 1, bins, device=device) for c, bins in self.in_shapes]
 
     def step(self, feats: torch.Tensor, cache: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """``(1, frames, n_mels)`` -> ``(1, frames', out_dim)``: every output whose inputs have arrived."""
+        """``(batch, frames, n_mels)`` -> ``(batch, frames', out_dim)``: every output whose inputs have arrived."""
         x = feats.unsqueeze(1)
         new_cache = []
         for conv, stride, left, (channels, bins) in zip(self.convs, self.strides, cache, self.out_shapes):
             x = torch.cat([left, x], dim=2)
             count = max(0, (x.shape[2] - KERNEL) // stride + 1)
             new_cache.append(x[:, :, count * stride :])
-            x = torch.relu(conv(x)) if count else x.new_zeros(1, channels, 0, bins)
+            x = torch.relu(conv(x)) if count else x.new_zeros(x.shape[0], channels, 0, bins)
         return self._flatten(x), new_cache
 
 
@@ -202,33 +203,34 @@ class StreamingGRUCTC(nn.Module):
             states.append(state)
         return x, torch.cat(states)
 
-    def initial_state(self) -> StreamingState:
+    def initial_state(self, batch: int = 1) -> StreamingState:
         device = self.output.weight.device
         return StreamingState(
-            conv_cache=self.subsampling.initial_cache(device),
-            hidden=torch.zeros(self.config.num_layers, 1, self.config.hidden_size, device=device),
-            row_cache=torch.zeros(1, 0, self.config.hidden_size, device=device),
+            conv_cache=self.subsampling.initial_cache(device, batch),
+            hidden=torch.zeros(self.config.num_layers, batch, self.config.hidden_size, device=device),
+            row_cache=torch.zeros(batch, 0, self.config.hidden_size, device=device),
         )
 
     def step(self, feats: torch.Tensor, state: StreamingState) -> tuple[torch.Tensor, StreamingState]:
-        """Feed the next ``(1, frames, n_mels)`` features; returns ``(1, frames', vocab)`` log-probs
-        for the output frames whose look-ahead has arrived (possibly none) and the new state."""
+        """Feed the next ``(batch, frames, n_mels)`` features; returns ``(batch, frames', vocab)``
+        log-probs for the output frames whose look-ahead has arrived (possibly none) and the new
+        state (streams stepped together share their chunks' length)."""
         if self.training:
             raise RuntimeError("step() is for inference: call model.eval() first")
-        if feats.dim() != 3 or feats.shape[0] != 1 or feats.shape[2] != self.config.n_mels:
-            raise ValueError(f"expected features (1, frames, {self.config.n_mels}), got {tuple(feats.shape)}")
+        if feats.dim() != 3 or feats.shape[2] != self.config.n_mels:
+            raise ValueError(f"expected features (batch, frames, {self.config.n_mels}), got {tuple(feats.shape)}")
         x, conv_cache = self.subsampling.step(self.cmvn(feats), state.conv_cache)
         hidden = state.hidden
         if x.shape[1]:
             x, hidden = self._recurrence(x, hidden)
         else:
-            x = x.new_zeros(1, 0, self.config.hidden_size)
+            x = x.new_zeros(x.shape[0], 0, self.config.hidden_size)
         x, row_cache = self.lookahead.step(x, state.row_cache)
         return self.output(x).log_softmax(dim=-1), StreamingState(conv_cache, hidden, row_cache)
 
     def flush(self, state: StreamingState) -> torch.Tensor:
-        """Log-probs ``(1, frames', vocab)`` of the frames still waiting for look-ahead at the end of
+        """Log-probs ``(batch, frames', vocab)`` of the frames still waiting for look-ahead at the end of
         the utterance (the future is zeros, as in :meth:`forward`)."""
-        pad = state.row_cache.new_zeros(1, self.config.lookahead, self.config.hidden_size)
+        pad = state.row_cache.new_zeros(state.row_cache.shape[0], self.config.lookahead, self.config.hidden_size)
         x, _ = self.lookahead.step(pad, state.row_cache)
         return self.output(x).log_softmax(dim=-1)
