@@ -43,7 +43,7 @@ from asr.data.manifest import read_manifest
 from asr.decoding import greedy_ctc_decode
 from asr.fileio import atomic_write, save_torch
 from asr.features import LogMelFrontend, accumulate_stats
-from asr.models import build_model
+from asr.models import MODELS, build_model
 from asr.text import Tokenizer
 
 
@@ -81,7 +81,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     exp_dir: str = "exp"
-    model: str = "blstm_ctc"
+    model: str = "rnn_ctc"
     model_config: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -286,7 +286,7 @@ class Trainer:
         init = load_checkpoint(config.init_from) if config.init_from else None
         model_config = {"vocab_size": len(self.tokenizer), **config.model_config}
         if init is not None:
-            if init.model_name != config.model:
+            if MODELS.get(init.model_name) != MODELS.get(config.model):
                 raise ValueError(f"init_from {config.init_from} holds a {init.model_name} model, not {config.model}")
             # the architecture is the checkpoint's; the config changes what it names (dropout, augmentation)
             model_config = {**init.model_config, **config.model_config}

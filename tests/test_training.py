@@ -222,7 +222,7 @@ def test_init_from_keeps_the_checkpoints_architecture_and_weights(tmp_path):
     assert all(torch.equal(value, expected[name]) for name, value in tuned.model.state_dict().items())
     with pytest.raises(ValueError, match="do not fit this model"):
         Trainer(tiny_config(tmp_path / "c", manifest, init_from=init, model_config={"hidden_size": 32}))
-    with pytest.raises(ValueError, match="holds a blstm_ctc model"):
+    with pytest.raises(ValueError, match="holds a rnn_ctc model"):
         Trainer(tiny_config(tmp_path / "d", manifest, init_from=init, model="streaming_gru", model_config={}))
 
 
