@@ -8,7 +8,7 @@ import pytest
 from asr.checkpoint import load_checkpoint
 from asr.config import load_config
 from asr.models import MODELS, build_model
-from asr.training import TrainConfig
+from asr.train_setup import TrainConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 PRETRAINED = RECIPES.parent / "asr" / "pretrained"  # the shipped defaults (recipes/english/conf/gpu_*.yaml)

@@ -14,7 +14,8 @@ import torch
 
 from asr.checkpoint import CheckpointError, load_checkpoint
 from asr.data.loader import AugmentConfig, BucketBatchSampler, ctc_min_frames, filter_for_ctc
-from asr.training import OptimConfig, DataConfig, TrainConfig, Trainer
+from asr.train_setup import DataConfig, OptimConfig, TrainConfig
+from asr.training import Trainer
 
 WORDS = ["ALPHA", "BRAVO", "CHARLIE", "DELTA", "ECHO", "FOXTROT", "GOLF", "HOTEL"]
 
@@ -273,7 +274,7 @@ def test_exact_resume_after_sigkill(tmp_path):
 
 def test_several_training_manifests_are_concatenated(tmp_path):
     from asr.config import load_config
-    from asr.training import compute_cmvn_stats, save_cmvn_stats
+    from asr.train_setup import compute_cmvn_stats, save_cmvn_stats
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -329,7 +330,7 @@ def test_trainer_on_cuda(tmp_path):
 
 
 def test_cmvn_stats_over_several_manifests(tmp_path):
-    from asr.training import compute_cmvn_stats
+    from asr.train_setup import compute_cmvn_stats
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -40,7 +40,7 @@ from asr.features import num_frames
 from asr.models import build_model, count_parameters
 from asr.models.rnn_ctc import RNNCTC
 from asr.text import Tokenizer
-from asr.training import TrainConfig
+from asr.train_setup import TrainConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "librispeech" / "conf" / "blstm_ctc.yaml"
 MEAN_SECONDS, STD_SECONDS, MIN_SECONDS, MAX_SECONDS = 12.3, 3.9, 1.0, 35.0

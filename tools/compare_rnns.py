@@ -61,7 +61,8 @@ from asr.metrics import read_transcripts, score
 from asr.models import MODELS, build_model, count_parameters
 from asr.models.rnn_ctc import RNNCTC, RNNCTCConfig
 from asr.text import Tokenizer
-from asr.training import TrainConfig, Trainer, compute_cmvn_stats, save_cmvn_stats
+from asr.train_setup import TrainConfig, compute_cmvn_stats, save_cmvn_stats
+from asr.training import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "recipes" / "synthetic" / "conf" / "blstm_ctc.yaml"

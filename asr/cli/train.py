@@ -17,7 +17,8 @@ from asr.checkpoint import CheckpointError, average_checkpoints, compact_checkpo
 from asr.cli.common import add_verb, error, fail
 from asr.config import load_config
 from asr.data.manifest import cache_audio, read_manifest, write_manifest
-from asr.training import TrainConfig, Trainer, compute_cmvn_stats, save_cmvn_stats
+from asr.train_setup import TrainConfig, compute_cmvn_stats, save_cmvn_stats
+from asr.training import Trainer
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
@@ -39,7 +40,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
                    help="the training config's dither, which floors the features (default: 1e-4, as training)")
 
     p = add_verb(verbs, "train", train, help="train a model; run under torchrun for several processes")
-    p.add_argument("--config", help="YAML training configuration (see asr/training.py: TrainConfig)")
+    p.add_argument("--config", help="YAML training configuration (see asr/train_setup.py: TrainConfig)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. optim.lr=1e-3 model_config.hidden_size=512")
 
     p = add_verb(verbs, "average", average, help="average the weights of the last N epoch checkpoints")
