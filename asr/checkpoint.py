@@ -87,7 +87,7 @@ def _unpack_language_model(packed: dict | None) -> LanguageModel | None:
         if f"{name}_zlib" in packed:
             data = packed[f"{name}_zlib"]
             texts[name] = None if data is None else zlib.decompress(data).decode("utf-8")
-        else:  # written before the texts were compressed
+        else:  # stored uncompressed
             texts[name] = packed[name]
     return LanguageModel(**texts, lm_weight=packed["lm_weight"], word_score=packed["word_score"])
 

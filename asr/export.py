@@ -66,7 +66,7 @@ class StreamingStep(nn.Module):
     steps with ``valid`` 0 give, in their first ``lookahead`` outputs, what
     :meth:`StreamingGRUCTC.flush` gives: the frames still waiting for their look-ahead, with a
     future of zeros (one step, or more where a chunk has fewer outputs than the look-ahead). A
-    flush output computed at every step would cost 9% of the step.
+    flush output computed at every step would cost time at every step (docs/export.md).
     """
 
     def __init__(self, model: StreamingGRUCTC, chunk_frames: int, unroll: bool = False) -> None:

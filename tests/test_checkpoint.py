@@ -64,8 +64,8 @@ def test_saved_on_gpu_loads_on_cpu(tmp_path):
 
 @pytest.mark.parametrize("name", ["blstm_ctc", "streaming_gru"])
 def test_a_checkpoint_with_the_former_parameter_names_loads_and_decodes_the_same(tmp_path, name):
-    """Checkpoints written before both models shared their subsampling and recurrent modules
-    (the embedded defaults among them) name them subsampling.conv1/conv2, gru and norms."""
+    """Checkpoints that name the modules subsampling.conv1/conv2, gru and norms (the embedded
+    defaults among them) load into the shared modules."""
     import dataclasses
 
     from asr.checkpoint import write_checkpoint

@@ -32,7 +32,7 @@ def test_recipe_config_builds_its_model(path):
     else:
         init_config = load_config(TrainConfig, init_path.parents[1] / "conf" / MADE_BY[init_path.name])
         model_name, model_config = init_config.model, init_config.model_config
-    assert MODELS[model_name] == MODELS[config.model]  # blstm_ctc is rnn_ctc's former name
+    assert MODELS[model_name] == MODELS[config.model]  # blstm_ctc is an alias of rnn_ctc
     start = build_model(model_name, model_config, verbose=False)
     tuned = build_model(config.model, {**model_config, **config.model_config}, verbose=False)
     tuned.load_state_dict(start.state_dict())

@@ -33,7 +33,7 @@ def test_get_model_builds_the_named_model_with_its_cmvn(tmp_path):
 
 
 def test_get_model_starts_from_a_checkpoint_of_an_aliased_name(tmp_path):
-    """A checkpoint saved as blstm_ctc (the offline model's former name) starts an rnn_ctc run."""
+    """A checkpoint saved as blstm_ctc (an alias of rnn_ctc) starts an rnn_ctc run."""
     torch.manual_seed(0)
     old = build_model("blstm_ctc", {**TINY, "vocab_size": len(Tokenizer())}, verbose=False)
     save_checkpoint(tmp_path / "old.pt", old, "blstm_ctc", Tokenizer())

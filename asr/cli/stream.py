@@ -8,11 +8,10 @@ import statistics
 import sys
 import time
 
-from asr.audio import (
-    SAMPLE_RATE, AudioError, Microphone, MicrophoneError, check_audio, iter_audio_blocks, list_input_devices,
-)
+from asr.audio import SAMPLE_RATE, AudioError, check_audio, iter_audio_blocks
 from asr.checkpoint import CheckpointError
 from asr.cli.common import add_beam_options, add_runtime_option, add_verb, beam_options, error, fail, positive_int
+from asr.microphone import Microphone, MicrophoneError, list_input_devices
 from asr.pretrained import resolve_model
 from asr.streaming import Recognizer
 

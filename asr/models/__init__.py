@@ -25,8 +25,8 @@ MODELS: dict[str, tuple[type[nn.Module], type]] = {
 }
 
 
-# parameter names in checkpoints written before both models shared their subsampling and
-# recurrent modules -> their names now
+# parameter names that existing checkpoints (the embedded defaults among them) may carry ->
+# the names of the modules that hold those parameters
 RENAMED_PREFIXES = {
     "subsampling.conv1.": "subsampling.convs.0.",
     "subsampling.conv2.": "subsampling.convs.1.",

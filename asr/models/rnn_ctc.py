@@ -7,18 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from asr.features import VTLP, GlobalCMVN, SpecAugment
+from asr.models.ctc import CTCModel, SpecAugmentConfig
 from asr.models.recurrent import RecurrentStack
-from asr.models.subsampling import ConvSubsampling
-
-
-@dataclass
-class SpecAugmentConfig:
-    freq_masks: int = 2
-    freq_width: int = 15
-    time_masks: int = 2
-    time_width: int = 40
-    max_time_ratio: float = 0.2
 
 
 @dataclass
@@ -39,7 +29,7 @@ class RNNCTCConfig:
     vtlp: float = 0.0  # max vocal-tract-length warp in training: factors in [1 - vtlp, 1 + vtlp]
 
 
-class RNNCTC(nn.Module):
+class RNNCTC(CTCModel):
     """VTLP and SpecAugment (training only) around global CMVN -> conv subsampling -> recurrent
     stack (LSTM or GRU, ``bidirectional`` or not) -> linear.
 
@@ -51,23 +41,13 @@ class RNNCTC(nn.Module):
     """
 
     def __init__(self, config: RNNCTCConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.cmvn = GlobalCMVN(config.n_mels)
-        self.vtlp = VTLP(config.vtlp)
-        self.specaugment = SpecAugment(**vars(config.specaugment))
-        self.subsampling = ConvSubsampling(config.n_mels, config.conv_channels, config.time_stride)
-        self.dropout = nn.Dropout(config.dropout)
+        super().__init__(config, causal=False)
         self.encoder = RecurrentStack(config.cell, self.subsampling.out_dim, config.hidden_size, config.num_layers,
                                       config.bidirectional, config.dropout, config.layer_norm)
         self.output = nn.Linear(self.encoder.output_size, config.vocab_size)
 
-    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        return self.subsampling.output_lengths(lengths)
-
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.specaugment(self.cmvn(self.vtlp(feats)), lengths)
-        x, out_lengths = self.subsampling(x, lengths)
+        x, out_lengths = self.subsample(feats, lengths)
         x = self.encoder(self.dropout(x), out_lengths)
         x = self.output(self.dropout(x))
         return x.float().log_softmax(dim=-1), out_lengths  # float32 also under autocast

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from asr.features import VTLP, GlobalCMVN, SpecAugment
+from asr.models.ctc import CTCModel, SpecAugmentConfig
 from asr.models.recurrent import RecurrentStack
-from asr.models.rnn_ctc import SpecAugmentConfig
-from asr.models.subsampling import ConvSubsampling, lengths_to_mask
+from asr.models.subsampling import lengths_to_mask
 
 
 @dataclass
@@ -80,7 +79,7 @@ class LookaheadConv(nn.Module):
         return out, x[:, ready:]
 
 
-class StreamingGRUCTC(nn.Module):
+class StreamingGRUCTC(CTCModel):
     """VTLP and SpecAugment (training only) around global CMVN -> causal conv subsampling -> GRU stack ->
     look-ahead conv -> linear -> log-softmax.
 
@@ -93,24 +92,14 @@ class StreamingGRUCTC(nn.Module):
     """
 
     def __init__(self, config: StreamingGRUCTCConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.cmvn = GlobalCMVN(config.n_mels)
-        self.vtlp = VTLP(config.vtlp)
-        self.specaugment = SpecAugment(**vars(config.specaugment))
-        self.subsampling = ConvSubsampling(config.n_mels, config.conv_channels, config.time_stride, causal=True)
-        self.dropout = nn.Dropout(config.dropout)
+        super().__init__(config, causal=True)
         self.encoder = RecurrentStack("gru", self.subsampling.out_dim, config.hidden_size, config.num_layers,
                                       False, config.dropout, config.layer_norm)
         self.lookahead = LookaheadConv(config.hidden_size, config.lookahead)
         self.output = nn.Linear(config.hidden_size, config.vocab_size)
 
-    def output_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
-        return self.subsampling.output_lengths(lengths)
-
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.specaugment(self.cmvn(self.vtlp(feats)), lengths)
-        x, out_lengths = self.subsampling(x, lengths)
+        x, out_lengths = self.subsample(feats, lengths)
         # a unidirectional GRU never carries padding back into valid frames, so no packing
         x = self.encoder(self.dropout(x), out_lengths)
         # the look-ahead must see zeros after the end, as flush() gives it
