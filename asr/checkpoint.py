@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from asr.fileio import save_torch
-from asr.models import build_model
+from asr.models import build_model, upgrade_state_dict
 from asr.text import Tokenizer
 
 FORMAT = "asr-checkpoint-1"
@@ -87,7 +87,7 @@ def _unpack_language_model(packed: dict | None) -> LanguageModel | None:
         if f"{name}_zlib" in packed:
             data = packed[f"{name}_zlib"]
             texts[name] = None if data is None else zlib.decompress(data).decode("utf-8")
-        else:  # written before the texts were compressed
+        else:  # stored uncompressed
             texts[name] = packed[name]
     return LanguageModel(**texts, lm_weight=packed["lm_weight"], word_score=packed["word_score"])
 
@@ -153,7 +153,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         model_name=payload["model"]["name"],
         model_config=payload["model"]["config"],
         tokenizer=Tokenizer.from_state_dict(payload["tokenizer"]),
-        state_dict=payload["state_dict"],
+        state_dict=upgrade_state_dict(payload["state_dict"]),
         metadata=payload["metadata"],
         trainer_state=payload["trainer_state"],
         language_model=_unpack_language_model(payload.get("language_model")),

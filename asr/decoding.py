@@ -74,9 +74,7 @@ BEAM_SIZE, LEXICON_BEAM_SIZE = 32, 500  # defaults of BeamSearchOptions.beam_siz
 @dataclass
 class BeamSearchOptions:
     # hypotheses kept after each frame; None: 500 over a lexicon, 32 without. A lexicon search
-    # splits its beam among the words that share a prefix and needs a wider one: on the synthetic
-    # recipe's dev set, WER 0.422 at 32, 0.400 at 128, 0.388 at 512, 0.385 at 1024 (at 0.002,
-    # 0.02, 0.04, 0.07 x real time); lexicon-free, 128 and 512 gain nothing over 32 (speechocean762)
+    # splits its beam among the words that share a prefix and needs a wider one (docs/transcribe.md)
     beam_size: int | None = None
     beam_size_token: int | None = 10  # most probable tokens tried per frame (None: all)
     beam_threshold: float = 25.0  # drop hypotheses scoring this much below the best
@@ -173,7 +171,7 @@ class BeamSearchDecoder:
     def fork(self) -> BeamSearchDecoder:
         """A decoder with these options whose search is its own, for another stream (in another
         thread): the word LM's tables, which the search only reads, are shared rather than
-        loaded again (for the embedded streaming model: 0.1 s and 8 MB less per stream)."""
+        loaded again (docs/serve.md says what that saves)."""
         if not self.can_fork:
             raise ValueError("a decoder over a lexicon cannot be forked; build another")
         other = copy.copy(self)
@@ -208,7 +206,8 @@ class BeamSearchDecoder:
         self._online_frames = 0
 
     def step(self, log_probs: torch.Tensor) -> None:
-        """Extend the search over ``(frames, vocab)`` more log-probs of the utterance."""
+        """Extend the search over ``(frames, vocab)`` more log-probs (tensor or array) of the utterance."""
+        log_probs = torch.as_tensor(log_probs)
         if log_probs.ndim != 2 or log_probs.shape[-1] != len(self.tokenizer):
             raise ValueError(f"expected log-probs (frames, {len(self.tokenizer)}), got {tuple(log_probs.shape)}")
         if log_probs.shape[0]:

@@ -35,7 +35,8 @@ from torch import nn
 
 from asr.checkpoint import Checkpoint, load_checkpoint
 from asr.features import F_MAX, F_MIN, HOP_LENGTH, LOG_FLOOR, N_FFT, WIN_LENGTH
-from asr.models.streaming_gru import KERNEL, StreamingGRUCTC
+from asr.models.streaming_gru import StreamingGRUCTC
+from asr.models.subsampling import KERNEL
 
 FORMATS = ("onnx", "torchscript")
 EXPORT_FORMAT = "asr-export-2"  # model.json's "format": asr.runtime.EXPORT_FORMAT (a test holds them equal)
@@ -55,7 +56,7 @@ class StreamingStep(nn.Module):
     Inputs: features ``(1, chunk_frames, n_mels)``, ``valid`` ``(1,)`` int64 (output frames of this
     chunk that are real: ``chunk_frames // stride`` except in the last, zero-padded chunk), and the
     state: ``conv1`` ``(1, 1, 2, n_mels)``, ``conv2`` ``(1, channels, 2, bins)``, ``hidden``
-    ``(layers, 1, hidden)``, ``row`` ``(1, lookahead, hidden)``, all zeros at the start.
+    ``(layers, 1, hidden)``, ``lookahead`` ``(1, lookahead, hidden)``, all zeros at the start.
 
     Outputs: ``log_probs`` ``(1, chunk_frames // stride, vocab)`` and the new state. The
     look-ahead buffer starts as ``lookahead`` zero frames instead of none, so the first
@@ -65,7 +66,7 @@ class StreamingStep(nn.Module):
     steps with ``valid`` 0 give, in their first ``lookahead`` outputs, what
     :meth:`StreamingGRUCTC.flush` gives: the frames still waiting for their look-ahead, with a
     future of zeros (one step, or more where a chunk has fewer outputs than the look-ahead). A
-    flush output computed at every step would cost 9% of the step.
+    flush output computed at every step would cost time at every step (docs/export.md).
     """
 
     def __init__(self, model: StreamingGRUCTC, chunk_frames: int, unroll: bool = False) -> None:
@@ -79,7 +80,7 @@ class StreamingStep(nn.Module):
         self.unroll = unroll
         # one single-layer GRU per layer (ONNX's GRU op), sharing the model's weights, so that
         # each layer's output passes through its layer norm before the next
-        gru = model.gru
+        gru = model.encoder.rnn
         self.layers = nn.ModuleList()
         for layer in range(gru.num_layers):
             single = nn.GRU(gru.input_size if layer == 0 else gru.hidden_size, gru.hidden_size)  # (frames, 1, size)
@@ -91,10 +92,10 @@ class StreamingStep(nn.Module):
         config, sub = self.model.config, self.model.subsampling
         shapes = {f"conv{k + 1}": [1, c, KERNEL - 1, bins] for k, (c, bins) in enumerate(sub.in_shapes)}
         shapes["hidden"] = [config.num_layers, 1, config.hidden_size]
-        shapes["row"] = [1, config.lookahead, config.hidden_size]
+        shapes["lookahead"] = [1, config.lookahead, config.hidden_size]
         return shapes
 
-    def forward(self, feats, valid, conv1, conv2, hidden, row):
+    def forward(self, feats, valid, conv1, conv2, hidden, lookahead):
         model = self.model
         x = model.cmvn(feats).unsqueeze(1)  # (1, 1, frames, mels)
         caches = []
@@ -105,18 +106,18 @@ class StreamingStep(nn.Module):
             x = torch.relu(conv(x))
         # (frames', 1, out_dim) through the GRU layers: the layout of ONNX's GRU op, so that no
         # reshaping sits between them (each small node costs a streaming step time)
-        x = model.subsampling._flatten(x).transpose(0, 1)
+        x = model.subsampling.flatten(x).transpose(0, 1)
         states = []
-        for layer in range(model.gru.num_layers):
+        for layer in range(model.encoder.rnn.num_layers):
             x, h = self._gru_layer(x, hidden[layer : layer + 1], layer)
             states.append(h)
         mask = (torch.arange(self.outputs) < valid).to(x.dtype)[:, None, None]
         x = (x * mask).transpose(0, 1)  # (1, frames', hidden)
-        x = torch.cat([row, x], dim=1)
+        x = torch.cat([lookahead, x], dim=1)
         look = model.config.lookahead
-        new_row = x[:, x.shape[1] - look :]
+        waiting = x[:, x.shape[1] - look :]
         log_probs = model.output(model.lookahead.conv(x.transpose(1, 2)).transpose(1, 2)).log_softmax(dim=-1)
-        return log_probs, caches[0], caches[1], torch.cat(states), new_row
+        return log_probs, caches[0], caches[1], torch.cat(states), waiting
 
     def _gru_layer(self, x: torch.Tensor, h: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One GRU layer over ``(frames, 1, input)`` from state ``(1, 1, hidden)``, then the
@@ -126,15 +127,16 @@ class StreamingStep(nn.Module):
             y, h = y[:, None], h[None]
         else:
             y, h = self.layers[layer](x, h)
-        if self.model.norms is not None:
-            y = self.model.norms[layer](y + x if y.shape == x.shape else y)
+        if self.model.encoder.norms is not None:
+            y = self.model.encoder.norms[layer](y + x if y.shape == x.shape else y)
         return y, h
 
     def _unrolled_gru(self, x: torch.Tensor, h: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The GRU layer as plain matrix products, frame by frame (gates in PyTorch's order r, z, n):
         what onnxruntime's dynamic quantization can make int8 (it has no int8 GRU; its fp32 GRU
         kernel is faster than these products)."""
-        gru, size = self.model.gru, self.model.gru.hidden_size
+        gru = self.model.encoder.rnn
+        size = gru.hidden_size
         # transposed once per layer, not per frame: ONNX's constant folding then stores each once
         w_ih, w_hh = getattr(gru, f"weight_ih_l{layer}").t(), getattr(gru, f"weight_hh_l{layer}").t()
         b_hh = getattr(gru, f"bias_hh_l{layer}")
@@ -151,8 +153,8 @@ class StreamingStep(nn.Module):
         return torch.cat(outputs), h
 
 
-STEP_INPUTS = ["feats", "valid", "conv1", "conv2", "hidden", "row"]
-STEP_OUTPUTS = ["log_probs", "conv1_out", "conv2_out", "hidden_out", "row_out"]
+STEP_INPUTS = ["feats", "valid", "conv1", "conv2", "hidden", "lookahead"]
+STEP_OUTPUTS = ["log_probs", "conv1_out", "conv2_out", "hidden_out", "lookahead_out"]
 
 
 def initial_state(shapes: dict[str, list[int]]) -> dict[str, torch.Tensor]:

@@ -23,15 +23,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime
 import soundfile
 
+from asr.endpoint import EndpointConfig, Endpointer, Event, StreamingSession, StreamTiming, stream_audio
+from asr.text import Tokenizer
+
+__all__ = ["EndpointConfig", "Event", "ExportDirError", "ExportedModel", "OnnxStepper", "StreamingRecognizer",
+           "Transcriber", "greedy_decode", "load_audio", "stream_audio"]
 
 EXPORT_FORMAT = "asr-export-2"  # the model.json this runtime reads (asr.export writes it)
 
@@ -99,6 +102,9 @@ class StreamingLogMel:
 
     def __init__(self, frontend: LogMel) -> None:
         self.frontend = frontend
+        self.reset()
+
+    def reset(self) -> None:
         self.tail = np.zeros(0, np.float32)
 
     def accept_audio(self, chunk: np.ndarray) -> np.ndarray:
@@ -168,67 +174,78 @@ class ExportedModel:
         if self.streaming is None:
             out, _ = self.session.run(None, {"feats": feats[None], "lengths": np.array([len(feats)], np.int64)})
             return out[0]
-        stepper = Stepper(self)
-        return np.concatenate([stepper.step(feats), stepper.flush()])
+        stepper = OnnxStepper(self)
+        log_probs, state = stepper.step(feats[None], stepper.initial_state())
+        return np.concatenate([log_probs, stepper.flush(state)], axis=1)[0]
 
 
-class Stepper:
-    """The exported streaming step driven like :meth:`StreamingGRUCTC.step` / ``flush``: features
-    of any count in, log-probs of the output frames whose look-ahead has arrived out.
+class OnnxStepper:
+    """The exported streaming step as a :class:`~asr.endpoint.Stepper`: features of any count
+    in, log-probs of the output frames whose look-ahead has arrived out.
 
-    The graph takes fixed chunks of ``chunk_frames``, so features wait here until a chunk is
-    full; its first ``lookahead`` outputs precede the stream and are dropped (asr.export.StreamingStep).
+    The graph takes fixed chunks of ``chunk_frames``, so features wait in the state until a
+    chunk is full; its first ``lookahead`` outputs precede the stream and are dropped
+    (asr.export.StreamingStep). The state is the graph's (``hidden`` has the layers first)
+    plus that bookkeeping, every array with the batch first; the graph runs batch 1.
     """
 
     def __init__(self, model: ExportedModel) -> None:
         self.model = model
         spec = model.streaming
         self.chunk, self.lookahead = spec["chunk_frames"], spec["lookahead"]
-        self.state = {name: np.zeros(shape, np.float32) for name, shape in spec["state"].items()}
-        self.buffer = np.zeros((0, model.frontend.n_mels), np.float32)
-        self.to_drop = self.lookahead  # outputs still to drop at the start
-        self.frames = 0  # feature frames received
-        self.emitted = 0  # output frames returned
+        self.graph_state = list(spec["state"])
+        self.vocab = len(model.tokens)
 
-    def _run(self, feats: np.ndarray, valid: int) -> np.ndarray:
-        log_probs, *state = self.model.session.run(
-            None, {"feats": feats[None], "valid": np.array([valid], np.int64), **self.state})
-        self.state = dict(zip(self.state, state))
-        return log_probs[0]
+    def initial_state(self) -> dict[str, np.ndarray]:
+        state = {name: np.zeros(shape, np.float32) for name, shape in self.model.streaming["state"].items()}
+        state["buffer"] = np.zeros((1, 0, self.model.frontend.n_mels), np.float32)  # features short of a chunk
+        state["to_drop"] = np.array([self.lookahead])  # outputs still to drop at the start
+        state["frames"] = np.array([0])  # feature frames received
+        state["emitted"] = np.array([0])  # output frames returned
+        return state
 
-    def _emit(self, log_probs: np.ndarray, limit: int | None = None) -> np.ndarray:
-        drop = min(self.to_drop, len(log_probs))
-        self.to_drop -= drop
-        log_probs = log_probs[drop:]
-        if limit is not None:
-            log_probs = log_probs[: max(0, limit - self.emitted)]
-        self.emitted += len(log_probs)
+    def _run(self, feats: np.ndarray, valid: int, state: dict[str, np.ndarray]) -> np.ndarray:
+        log_probs, *graph_state = self.model.session.run(
+            None, {"feats": feats, "valid": np.array([valid], np.int64), **{k: state[k] for k in self.graph_state}})
+        state.update(zip(self.graph_state, graph_state))
         return log_probs
 
-    def step(self, feats: np.ndarray) -> np.ndarray:
-        self.frames += len(feats)
-        self.buffer = np.concatenate([self.buffer, feats])
-        out = []
-        while len(self.buffer) >= self.chunk:
-            out.append(self._emit(self._run(self.buffer[: self.chunk], self.chunk // self.model.stride)))
-            self.buffer = self.buffer[self.chunk :]
-        return np.concatenate(out) if out else np.zeros((0, len(self.model.tokens)), np.float32)
+    def _emit(self, log_probs: np.ndarray, state: dict[str, np.ndarray], limit: int | None = None) -> np.ndarray:
+        drop = min(int(state["to_drop"][0]), log_probs.shape[1])
+        state["to_drop"] = state["to_drop"] - drop
+        log_probs = log_probs[:, drop:]
+        if limit is not None:
+            log_probs = log_probs[:, : max(0, limit - int(state["emitted"][0]))]
+        state["emitted"] = state["emitted"] + log_probs.shape[1]
+        return log_probs
 
-    def flush(self) -> np.ndarray:
-        """The rest of the utterance: the buffered features (the chunk padded with zeros, whose
-        outputs the graph zeroes as ``forward`` does past the end), then chunks with no valid
-        frame, which give the frames still waiting for their look-ahead."""
-        if not self.frames:  # nothing received, nothing to give
-            return np.zeros((0, len(self.model.tokens)), np.float32)
-        total = self.model.output_frames(self.frames)
-        padded = np.zeros((self.chunk, self.model.frontend.n_mels), np.float32)
-        padded[: len(self.buffer)] = self.buffer
-        pieces = [self._run(padded, self.model.output_frames(len(self.buffer)))] if len(self.buffer) else []
-        self.buffer = self.buffer[:0]
+    def step(self, feats: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``(1, frames, n_mels)`` -> ``(1, frames', vocab)`` and the new state."""
+        state = dict(state)
+        state["frames"] = state["frames"] + feats.shape[1]
+        buffer = np.concatenate([state["buffer"], feats], axis=1)
+        out = []
+        while buffer.shape[1] >= self.chunk:
+            out.append(self._emit(self._run(buffer[:, : self.chunk], self.chunk // self.model.stride, state), state))
+            buffer = buffer[:, self.chunk :]
+        state["buffer"] = buffer
+        return (np.concatenate(out, axis=1) if out else np.zeros((1, 0, self.vocab), np.float32)), state
+
+    def flush(self, state: dict[str, np.ndarray]) -> np.ndarray:
+        """The rest of the utterance ``(1, frames', vocab)``: the buffered features (the chunk padded
+        with zeros, whose outputs the graph zeroes as ``forward`` does past the end), then chunks
+        with no valid frame, which give the frames still waiting for their look-ahead."""
+        frames = int(state["frames"][0])
+        if not frames:  # nothing received, nothing to give
+            return np.zeros((1, 0, self.vocab), np.float32)
+        state, buffered = dict(state), state["buffer"].shape[1]
+        padded = np.zeros((1, self.chunk, self.model.frontend.n_mels), np.float32)
+        padded[:, :buffered] = state["buffer"]
+        pieces = [self._run(padded, self.model.output_frames(buffered), state)] if buffered else []
         per_chunk = self.chunk // self.model.stride
         for _ in range(-(-self.lookahead // per_chunk)):  # a chunk shorter than the look-ahead takes more
-            pieces.append(self._run(np.zeros_like(padded), 0))
-        return self._emit(np.concatenate(pieces), limit=total)
+            pieces.append(self._run(np.zeros_like(padded), 0, state))
+        return self._emit(np.concatenate(pieces, axis=1), state, limit=self.model.output_frames(frames))
 
 
 class Transcriber:
@@ -258,144 +275,25 @@ class Transcriber:
 # --- streaming with endpointing ----------------------------------------------------------------
 
 
-@dataclass
-class EndpointConfig:
-    """As :class:`asr.streaming.EndpointConfig` (same defaults; a test holds them equal)."""
-
-    trailing_silence: float = 0.8  # seconds of blank output frames after some text end the utterance
-    max_utterance: float = 20.0  # seconds: an utterance this long ends even mid-speech
-    silence_replay: float = 0.3  # seconds re-read after a restart on silence before any text
-
-
-@dataclass
-class Event:
-    kind: str  # "partial" (text so far, when it changed) or "final"
-    text: str
-    utterance: int
-    start: float  # stream seconds where the utterance's audio starts
-    end: float  # stream seconds where the audio of the text's last character ends
-    latency: float  # wall seconds from the arrival of the chunk holding `end` to this event
-
-
-class StreamingRecognizer:
+class StreamingRecognizer(StreamingSession):
     """:class:`asr.streaming.Recognizer` with greedy decoding on an exported streaming model:
-    feed chunks of any size with :meth:`accept_audio`, get partial and final :class:`Event` s;
-    :meth:`finish` at the end of the stream. Endpointing, replay of the audio after an endpoint
-    and event times follow that class (its docstring says why), and the finals are the same.
-    A partial can come up to one graph chunk later than there: the exported step runs on whole
-    chunks of ``chunk_frames`` features, where the PyTorch step emits each output frame as soon
-    as its features are in.
+    feed chunks of any size with ``accept_audio``, get partial and final :class:`Event` s;
+    ``finish`` at the end of the stream. The endpointing, replay and events are the same code
+    (:mod:`asr.endpoint`), and so are the finals. A partial can come up to one graph chunk later
+    than there: the exported step runs on whole chunks of ``chunk_frames`` features, where the
+    PyTorch step emits each output frame as soon as its features are in.
     """
 
     def __init__(self, directory: str | os.PathLike | ExportedModel, endpoint: EndpointConfig | None = None,
                  threads: int = 1, clock: Callable[[], float] = time.perf_counter) -> None:
-        self.model = directory if isinstance(directory, ExportedModel) else ExportedModel(directory, threads)
-        if self.model.streaming is None:
-            raise ExportDirError(f"a {self.model.meta['model']} export cannot stream; export a streaming_gru model")
-        self.endpoint = endpoint or EndpointConfig()
-        self.clock = clock
-        self.stride, self.frame_seconds = self.model.stride, self.model.frame_seconds
-        self.hop, self.win = self.model.frontend.hop, self.model.frontend.win
-        self.rate = self.model.meta["frontend"]["sample_rate"]
-        self._replay_frames = round(self.endpoint.silence_replay / self.frame_seconds)
-        self.reset()
-
-    def reset(self) -> None:
-        self.frontend = StreamingLogMel(self.model.frontend)
-        self._samples = 0
-        self._chunks: deque[tuple[int, float]] = deque()
-        self._utterance = 0
-        self._start_utterance(0)
-
-    def _start_utterance(self, first_frame: int) -> None:
-        self._first_frame = first_frame
-        self._stepper = Stepper(self.model)
-        self._pending = np.zeros((0, self.model.frontend.n_mels), np.float32)
-        self._pending_start = 0
-        self._decoded = 0
-        self._last_id = self.model.blank
-        self._text = ""
-        self._text_frame = 0
-        self._blank_run = 0
-        self._partial = ""
-        while self._chunks and self._chunks[0][0] <= first_frame * self.hop:
-            self._chunks.popleft()
-
-    def accept_audio(self, chunk: np.ndarray) -> list[Event]:
-        """Mono float32 16 kHz samples ``(samples,)`` -> the new events, oldest first."""
-        arrival = self.clock()
-        chunk = np.asarray(chunk, np.float32)
-        self._samples += len(chunk)
-        self._chunks.append((self._samples, arrival))
-        return self._run(self.frontend.accept_audio(chunk), last=False)
-
-    def finish(self) -> list[Event]:
-        """End of the stream: decode what the look-ahead held back and finalise; then :meth:`reset`."""
-        events = self._run(self._pending[:0], last=True)
-        self.reset()
-        return events
-
-    def _run(self, feats: np.ndarray, last: bool) -> list[Event]:
-        events: list[Event] = []
-        while True:
-            self._pending = np.concatenate([self._pending, feats])
-            log_probs = self._stepper.step(feats)
-            if last:
-                log_probs = np.concatenate([log_probs, self._stepper.flush()])
-            cut = self._decode(log_probs, events)
-            if cut is None:
-                break
-            back = 0 if self._text else min(self._replay_frames, self._blank_run // 2)
-            start = self.stride * (cut - back) + 1
-            feats = self._pending[start - self._pending_start :]
-            self._utterance += bool(self._text)
-            self._start_utterance(self._first_frame + start)
-        if last:
-            if self._text:
-                events.append(self._event("final"))
-        else:
-            keep = max(0, self.stride * (self._decoded - 1 - self._replay_frames) + 1)
-            self._pending = self._pending[keep - self._pending_start :]
-            self._pending_start = keep
-            if self._text != self._partial:
-                self._partial = self._text
-                events.append(self._event("partial"))
-        return events
-
-    def _decode(self, log_probs: np.ndarray, events: list[Event]) -> int | None:
-        """Greedy CTC over new output frames; returns the frame of an endpoint, or None."""
-        for token in log_probs.argmax(axis=-1).tolist():
-            frame = self._decoded
-            self._decoded += 1
-            if token == self.model.blank:
-                self._blank_run += 1
-            else:
-                self._blank_run = 0
-                if token != self._last_id:
-                    self._text += self.model.tokens[token]
-                    self._text_frame = frame
-            self._last_id = token
-            silence = self._blank_run * self.frame_seconds >= self.endpoint.trailing_silence
-            if silence or self._decoded * self.frame_seconds >= self.endpoint.max_utterance:
-                if self._text:
-                    events.append(self._event("final"))
-                return frame
-        return None
-
-    def _event(self, kind: str) -> Event:
-        end = (self._first_frame + self.stride * self._text_frame) * self.hop + self.win
-        arrival = next((t for chunk_end, t in self._chunks if chunk_end >= end), self._chunks[-1][1])
-        return Event(kind, self._text, self._utterance, self._first_frame * self.hop / self.rate, end / self.rate,
-                     self.clock() - arrival)
-
-
-def stream_audio(recognizer: StreamingRecognizer, audio: np.ndarray, chunk_samples: int) -> str:
-    """Feed ``audio`` in chunks of ``chunk_samples`` as a microphone would; the final texts joined."""
-    finals = []
-    for start in range(0, len(audio), chunk_samples):
-        finals += [e.text for e in recognizer.accept_audio(audio[start : start + chunk_samples]) if e.kind == "final"]
-    finals += [e.text for e in recognizer.finish() if e.kind == "final"]
-    return " ".join(text for text in finals if text)
+        model = directory if isinstance(directory, ExportedModel) else ExportedModel(directory, threads)
+        if model.streaming is None:
+            raise ExportDirError(f"a {model.meta['model']} export cannot stream; export a streaming_gru model")
+        self.model = model
+        settings = model.meta["frontend"]
+        timing = StreamTiming(model.stride, settings["hop_length"], settings["win_length"], settings["sample_rate"])
+        endpointer = Endpointer(Tokenizer("".join(model.tokens[1:])), timing, model.frontend.n_mels, endpoint, clock)
+        super().__init__(StreamingLogMel(model.frontend), OnnxStepper(model), endpointer)
 
 
 def iter_file_chunks(path: str | os.PathLike, chunk_samples: int) -> Iterator[np.ndarray]:

@@ -367,8 +367,6 @@ class Server:
                 return
 
     async def transcribe(self, request: web.Request) -> web.Response:
-        from asr.transcribe import to_json
-
         if self.transcriber is None:
             return web.json_response({"error": "no offline model: start asr serve with --offline-model CKPT"}, status=503)
         body = await request.read()
@@ -379,7 +377,7 @@ class Server:
             result = await loop.run_in_executor(self.pool, self._transcribe_bytes, body)
         except AudioError as err:
             return web.json_response({"error": str(err)}, status=400)
-        return web.Response(text=to_json(result) + "\n", content_type="application/json")
+        return web.Response(text=json.dumps(result.to_dict(), ensure_ascii=False) + "\n", content_type="application/json")
 
     def _transcribe_bytes(self, body: bytes):
         # the Transcriber reads files in bounded blocks (and any format soundfile knows): hand it one

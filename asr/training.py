@@ -19,7 +19,7 @@ import random
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -30,128 +30,16 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from asr.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from asr.data.loader import (
-    SPEEDS,
-    AugmentConfig,
-    BucketBatchSampler,
-    UtteranceDataset,
-    collate,
-    filter_for_ctc,
-)
-from asr.data.manifest import read_manifest
+from asr.checkpoint import load_checkpoint, save_checkpoint
+from asr.data.loader import BucketBatchSampler, UtteranceDataset, collate
 from asr.decoding import greedy_ctc_decode
-from asr.fileio import atomic_write, save_torch
-from asr.features import LogMelFrontend, accumulate_stats
-from asr.models import build_model
+from asr.features import LogMelFrontend
+from asr.fileio import atomic_write
 from asr.text import Tokenizer
-
-
-@dataclass
-class DataConfig:
-    train: str | list[str] = ""  # JSONL manifest; several (a YAML list, or comma-separated) are concatenated
-    valid: str | list[str] | None = None
-    max_frames: int = 40000  # padded feature frames per batch (10 ms each): 400 s of audio
-    max_duration: float = 35.0  # seconds; longer utterances are dropped (count printed)
-    num_workers: int = 1
-    sortagrad: bool = True  # first epoch: shortest batches first
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    # where data.augment is applied to each batch: "loader" (in the workers), "device" (on the
-    # training device, before the frontend), or "auto": the device when it is a GPU (it takes
-    # the speed perturbation's resampling off the CPU cores that decode audio), else the loader
-    # (the workers overlap it with training). The result is the same either way (to float
-    # rounding on a GPU): every random choice is made in the dataset.
-    augment_on: str = "auto"
-
-
-@dataclass
-class OptimConfig:
-    lr: float = 2e-3
-    weight_decay: float = 1e-2
-    warmup_steps: int = 300
-    final_lr_ratio: float = 0.02  # cosine decay from lr to lr * final_lr_ratio (1.0: constant after warm-up)
-    grad_clip: float | None = 5.0  # max global gradient norm; None: no clipping (the norm is still measured)
-
-    @property
-    def max_grad_norm(self) -> float:
-        """``grad_clip`` as ``clip_grad_norm_``'s ``max_norm``: infinite when clipping is off."""
-        return math.inf if self.grad_clip is None else self.grad_clip
-
-
-@dataclass
-class TrainConfig:
-    exp_dir: str = "exp"
-    model: str = "blstm_ctc"
-    model_config: dict[str, Any] = field(default_factory=dict)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    epochs: int = 10
-    max_steps: int | None = None  # stop after this many batches, ending the last epoch early (the schedule spans them)
-    # stop after this many minutes of training (one process only), ending the last epoch early;
-    # the learning rate then decays over the time as well as the steps, whichever is further on.
-    # For a fixed time on a machine of unknown speed (tools/gpu_train_defaults.sh); a resumed run
-    # starts a new clock, so such runs are not exactly resumable.
-    max_minutes: float | None = None
-    seed: int = 0
-    device: str = "auto"  # auto: cuda if available, else cpu
-    # auto: bf16 autocast on CUDA, float32 on CPU; "bf16" also on a CPU with AVX512-BF16 or AMX,
-    # where it trains about 1.4x faster (CTC loss and log-softmax stay in float32 either way)
-    precision: str = "auto"
-    dither: float = 1e-4  # waveform dither in training (full scale = 1)
-    cmvn: str | None = None  # stats file from `asr compute-cmvn`; computed from train if unset
-    # checkpoint whose weights (and CMVN) start the training; the model is its architecture,
-    # with model_config changing only what it names (dropout, specaugment, vtlp)
-    init_from: str | None = None
-    save_every_steps: int = 200  # mid-epoch last.pt for resume
-    log_every_steps: int = 20
-    keep_epoch_checkpoints: int = 5  # for `asr average`
-    # early stopping: end training when valid_cer has not fallen below its best by more than
-    # min_delta for this many epochs in a row (needs data.valid); None trains all epochs
-    patience: int | None = None
-    min_delta: float = 0.0
-    # write every step's loss, gradient norm (before clipping) and learning rate to steps.csv
-    log_steps: bool = False
-    threads: int | None = None  # torch CPU threads (default: torch's choice)
-
-
-# ---------------------------------------------------------------------------------------------
-# CMVN statistics
-
-
-def manifest_paths(manifests: str | os.PathLike | list[str]) -> list[str]:
-    """A list of manifests, or several in one comma-separated string, as a list of paths."""
-    if isinstance(manifests, (list, tuple)):
-        return [str(path) for path in manifests]
-    return [path.strip() for path in str(manifests).split(",")]
-
-
-def compute_cmvn_stats(manifests: str | os.PathLike | list[str], n_mels: int = 80,
-                       max_utterances: int | None = 2000, dither: float = TrainConfig.dither) -> dict:
-    """Per-bin sum, sum of squares and frame count of log-mel features over (a sample of) the
-    utterances of one or several manifests (see :func:`manifest_paths`). ``dither`` sets the
-    frontend's energy floor, as in training (no noise is added: the statistics are exact)."""
-    from asr.audio import load_audio
-
-    entries = [entry for path in manifest_paths(manifests) for entry in read_manifest(path)]
-    if max_utterances is not None and len(entries) > max_utterances:
-        rng = random.Random(0)
-        entries = rng.sample(entries, max_utterances)
-    frontend = LogMelFrontend(n_mels, dither).eval()
-    total = torch.zeros(n_mels, dtype=torch.float64)
-    total_sq = torch.zeros(n_mels, dtype=torch.float64)
-    count = 0
-    with torch.inference_mode():
-        for entry in tqdm(entries, desc="cmvn", unit="utt", mininterval=2.0):
-            feats, lengths = frontend(load_audio(entry["audio"])[None])
-            s, sq, n = accumulate_stats(feats, lengths)
-            total += s
-            total_sq += sq
-            count += n
-    return {"sum": total, "sum_sq": total_sq, "count": count, "n_mels": n_mels}
-
-
-def save_cmvn_stats(stats: dict, path: str | os.PathLike) -> None:
-    save_torch(stats, path)
+from asr.train_setup import (
+    TrainConfig, get_data, get_device, get_model, get_optimizer, get_precision, get_scheduler, init_distributed,
+    seed_everything,
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,18 +89,6 @@ class _Waiting:
             yield item
 
 
-def _cosine_schedule(warmup: int, total: int, final_ratio: float, elapsed=None):
-    """Linear warm-up, then cosine decay to ``final_ratio`` at step ``total``, or earlier where
-    ``elapsed()`` (the fraction of a time budget spent) is further on."""
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, max((step - warmup) / max(1, total - warmup), elapsed() if elapsed else 0.0))
-        return final_ratio + (1 - final_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
 def _rng_state() -> dict:
     """Every RNG state as plain Python values (bytes, lists): picklable across ranks and
     loadable with ``weights_only=True``."""
@@ -235,16 +111,6 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
-def _distributed() -> tuple[int, int, int]:
-    """(rank, local_rank, world_size); initialises the process group under torchrun."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return 0, 0, 1
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), world_size
-
-
 # ---------------------------------------------------------------------------------------------
 # Trainer
 
@@ -254,77 +120,33 @@ class Trainer:
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
-        self.rank, local_rank, self.world_size = _distributed()
+        self.rank, local_rank, self.world_size = init_distributed()
         self.is_main = self.rank == 0
         if config.threads:
             torch.set_num_threads(config.threads)
-        if config.device == "auto":
-            self.device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-        else:
-            self.device = torch.device(config.device)
-        if self.device.type == "cuda":
-            if self.device.index is None:
-                self.device = torch.device("cuda", torch.cuda.current_device())
-            torch.cuda.set_device(self.device)
-            # cudnn.benchmark stays off: bucketed batches rarely repeat a shape, and timing the
-            # algorithms for every new shape halves throughput (tools/bench_train.py --cudnn-benchmark)
-        if config.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"precision must be auto, bf16 or fp32, got {config.precision!r}")
-        self.bf16 = config.precision == "bf16" or (config.precision == "auto" and self.device.type == "cuda")
-        if config.data.augment_on not in ("auto", "loader", "device"):
-            raise ValueError(f"data.augment_on must be auto, loader or device, got {config.data.augment_on!r}")
-        self.augment_on_device = config.data.augment_on == "device" or (
-            config.data.augment_on == "auto" and self.device.type == "cuda"
-        )
+        self.device = get_device(config, local_rank)
+        self.bf16, self.augment_on_device = get_precision(config, self.device)
+        if config.max_minutes is not None and self.world_size > 1:
+            raise ValueError("max_minutes needs a single process: ranks would stop at different steps")
+        if config.patience is not None and not config.data.valid:
+            raise ValueError("patience (early stopping) needs a validation set: set data.valid")
         self.exp_dir = Path(config.exp_dir)
         self.exp_dir.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(config.seed)
-        np.random.seed(config.seed)
-        random.seed(config.seed)
+        seed_everything(config.seed)
 
         self.tokenizer = Tokenizer()
-        init = load_checkpoint(config.init_from) if config.init_from else None
-        model_config = {"vocab_size": len(self.tokenizer), **config.model_config}
-        if init is not None:
-            if init.model_name != config.model:
-                raise ValueError(f"init_from {config.init_from} holds a {init.model_name} model, not {config.model}")
-            # the architecture is the checkpoint's; the config changes what it names (dropout, augmentation)
-            model_config = {**init.model_config, **config.model_config}
-        self.model = build_model(config.model, model_config, verbose=self.is_main)
-        self._init_weights_and_cmvn(init)
-        self.model.to(self.device)
+        self.model = get_model(config, self.tokenizer, self._log, verbose=self.is_main).to(self.device)
         self.frontend = LogMelFrontend(self.model.config.n_mels, dither=config.dither).to(self.device)
-
-        augment = config.data.augment
-        slowest = min(SPEEDS) if augment.speed_perturb else 1.0
-        train_entries = self._load_entries(config.data.train, "train", slowest)
-        self.train_set = UtteranceDataset(train_entries, self.tokenizer, augment, seed=config.seed)
-        self.sampler = BucketBatchSampler(
-            [e["duration"] + 2 * augment.pad_s for e in train_entries],
-            config.data.max_frames,
-            seed=config.seed,
-            rank=self.rank,
-            world_size=self.world_size,
-            max_speed_factor=slowest,
-            sortagrad=config.data.sortagrad,
-        )
-        self.valid_entries = self._load_entries(config.data.valid, "valid", 1.0) if config.data.valid else []
-
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay, betas=(0.9, 0.98)
-        )
+        self.train_set, self.sampler, self.valid_entries = get_data(
+            config, self.model, self.tokenizer, self.rank, self.world_size, self._log)
+        self.optimizer = get_optimizer(config, self.model)
         self.steps_per_epoch = len(self.sampler)
         self.total_steps = config.epochs * self.steps_per_epoch
         if config.max_steps is not None:
             self.total_steps = min(self.total_steps, config.max_steps)
-        if config.max_minutes is not None and self.world_size > 1:
-            raise ValueError("max_minutes needs a single process: ranks would stop at different steps")
         self.started = None  # perf_counter at the first step, for max_minutes
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            _cosine_schedule(config.optim.warmup_steps, self.total_steps, config.optim.final_lr_ratio,
-                             self._time_spent if config.max_minutes is not None else None),
-        )
+        self.scheduler = get_scheduler(config, self.optimizer, self.total_steps,
+                                       self._time_spent if config.max_minutes is not None else None)
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         self.best_wer = math.inf
         self.best_cer, self.epochs_without_gain = math.inf, 0  # for patience
@@ -332,8 +154,6 @@ class Trainer:
         self.train_seconds = 0.0  # training time over all epochs, evaluation left out (log.csv's train_s)
         self.skipped_batches = 0
         self.steps_log = None  # a csv writer on steps.csv while fit() runs with log_steps
-        if config.patience is not None and not config.data.valid:
-            raise ValueError("patience (early stopping) needs a validation set: set data.valid")
         self._resume()
         self.ddp_model = self.model
         if self.world_size > 1:
@@ -347,39 +167,6 @@ class Trainer:
     def _log(self, message: str) -> None:
         if self.is_main:
             tqdm.write(message)
-
-    def _init_weights_and_cmvn(self, init: Checkpoint | None) -> None:
-        if init is not None:
-            try:
-                self.model.load_state_dict(init.state_dict)
-            except RuntimeError:
-                raise ValueError(
-                    f"init_from {self.config.init_from}: its weights do not fit this model; "
-                    "model_config may change training settings (dropout, specaugment, vtlp) but not its shape"
-                ) from None
-            self._log(f"initialised from {self.config.init_from}")
-        if self.config.cmvn:
-            stats = torch.load(self.config.cmvn, weights_only=True)
-            self.model.cmvn.set_stats(stats["sum"], stats["sum_sq"], stats["count"])
-        elif init is None:
-            self._log("computing CMVN statistics from the training data (pass cmvn=FILE to reuse)")
-            stats = compute_cmvn_stats(self.config.data.train, self.model.config.n_mels,
-                                       max_utterances=500, dither=self.config.dither)
-            self.model.cmvn.set_stats(stats["sum"], stats["sum_sq"], stats["count"])
-
-    def _load_entries(self, manifests: str | list[str], name: str, slowest_speed: float) -> list[dict]:
-        paths = manifest_paths(manifests)
-        manifest = ", ".join(paths)  # for the messages
-        entries = [entry for path in paths for entry in read_manifest(path)]
-        kept, dropped = filter_for_ctc(entries, self.model.output_lengths, self.config.data.max_duration, slowest_speed)
-        hours = sum(e["duration"] for e in kept) / 3600
-        self._log(f"{name}: {len(kept)} utterances, {hours:.2f} h from {manifest}")
-        for reason, count in dropped.items():
-            if count:
-                self._log(f"{name}: dropped {count} utterance(s): {reason}")
-        if not kept:
-            raise ValueError(f"{manifest}: no usable utterances")
-        return kept
 
     def _resume(self) -> None:
         path = self.exp_dir / "last.pt"

@@ -60,3 +60,35 @@ def test_saved_on_gpu_loads_on_cpu(tmp_path):
     save_checkpoint(tmp_path / "gpu.pt", model, "blstm_ctc", Tokenizer())
     restored = load_checkpoint(tmp_path / "gpu.pt").build_model("cpu")
     assert all(p.device.type == "cpu" for p in restored.parameters())
+
+
+@pytest.mark.parametrize("name", ["blstm_ctc", "streaming_gru"])
+def test_a_checkpoint_with_the_former_parameter_names_loads_and_decodes_the_same(tmp_path, name):
+    """Checkpoints that name the modules subsampling.conv1/conv2, gru and norms (the embedded
+    defaults among them) load into the shared modules."""
+    import dataclasses
+
+    from asr.checkpoint import write_checkpoint
+    from asr.models import RENAMED_PREFIXES
+    from asr.pretrained import default_model
+
+    torch.manual_seed(0)
+    model = build_model(name, {"hidden_size": 16, "num_layers": 2, "conv_channels": 4, "layer_norm": True},
+                        verbose=False).eval()
+    save_checkpoint(tmp_path / "new.pt", model, name, Tokenizer())
+    new = load_checkpoint(tmp_path / "new.pt")
+    former = {new_prefix: old for old, new_prefix in RENAMED_PREFIXES.items()}
+    old_state = {}
+    for key, value in new.state_dict.items():
+        prefix = next((p for p in former if key.startswith(p)), None)
+        old_state[former[prefix] + key[len(prefix):] if prefix else key] = value
+    assert set(old_state) != set(new.state_dict)  # the test does rename
+    write_checkpoint(tmp_path / "old.pt", dataclasses.replace(new, state_dict=old_state))
+    restored = load_checkpoint(tmp_path / "old.pt").build_model()
+    feats, lengths = torch.randn(2, 40, 80), torch.tensor([40, 31])
+    assert torch.equal(model(feats, lengths)[0], restored(feats, lengths)[0])
+    # the embedded defaults are such checkpoints
+    kind = "offline" if name == "blstm_ctc" else "streaming"
+    shipped = torch.load(default_model(kind), map_location="cpu", weights_only=True)
+    assert any(key.startswith(tuple(RENAMED_PREFIXES)) for key in shipped["state_dict"])
+    load_checkpoint(default_model(kind)).build_model(verbose=False)  # a strict load: every name matches

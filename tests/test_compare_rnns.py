@@ -15,7 +15,7 @@ from asr.checkpoint import load_checkpoint
 from asr.config import load_config
 from asr.metrics import read_transcripts, score
 from asr.text import Tokenizer
-from asr.training import TrainConfig
+from asr.train_setup import TrainConfig
 from conftest import OVERFIT_SENTENCES, OVERFIT_VOICES, espeak, requires_espeak
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"

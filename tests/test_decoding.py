@@ -20,7 +20,7 @@ from asr.decoding import (
 )
 from asr.ngram import ArpaModel, arpa_vocabulary, build_arpa
 from asr.text import Tokenizer
-from asr.transcribe import _word_spans
+from asr.alignment import word_spans
 
 TOK = Tokenizer()
 BLANK = "_"
@@ -389,15 +389,15 @@ def test_word_spans_of_a_doubled_letter_spelled_from_one_run(tmp_path):
     assert hyp.text == "TELL THEM ALL"
     assert TOK.decode(hyp.tokens).replace(" ", "") == "TELTHEMAL"
     chars = [(t, f) for t, f in zip(hyp.tokens, hyp.frames) if t != TOK.tokens.index(" ")]
-    spans = _word_spans(hyp.text.split(), chars, TOK)
+    spans = word_spans(hyp.text.split(), chars, TOK)
     assert [[f for _, f in span] for span in spans] == [[0, 2, 4], [7, 9, 11, 13], [15, 17]]
 
 
 def test_word_spans_keep_a_doubled_letter_that_has_its_own_frames():
     chars = [(TOK.tokens.index(c), f) for f, c in enumerate("BOOKS")]
-    assert [len(s) for s in _word_spans(["BOOK", "S"], chars, TOK)] == [4, 1]
+    assert [len(s) for s in word_spans(["BOOK", "S"], chars, TOK)] == [4, 1]
     collapsed = [(TOK.tokens.index(c), f) for f, c in enumerate("BOKS")]
-    assert [[f for _, f in s] for s in _word_spans(["BOOK", "S"], collapsed, TOK)] == [[0, 1, 2], [3]]
+    assert [[f for _, f in s] for s in word_spans(["BOOK", "S"], collapsed, TOK)] == [[0, 1, 2], [3]]
 
 
 # ---- a checkpoint that carries its LM ------------------------------------------------------

@@ -12,7 +12,8 @@ import torch
 
 from asr.checkpoint import load_checkpoint
 from asr.data.loader import BucketBatchSampler
-from asr.training import DataConfig, OptimConfig, TrainConfig, Trainer
+from asr.train_setup import DataConfig, OptimConfig, TrainConfig
+from asr.training import Trainer
 from conftest import run_while_progressing
 
 WORDS = ["ALPHA", "BRAVO", "CHARLIE", "DELTA"]
@@ -78,7 +79,7 @@ def test_two_gloo_ranks_match_single_process(tmp_path, monkeypatch):
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert "2 ranks hold identical weights" in ddp.stdout + ddp.stderr
 
-    monkeypatch.setattr("asr.training.BucketBatchSampler", MergedPairs)
+    monkeypatch.setattr("asr.train_setup.BucketBatchSampler", MergedPairs)
     from asr.config import apply_overrides, config_from_dict
 
     values = apply_overrides({}, overrides + [f"exp_dir={tmp_path / 'single'}"])

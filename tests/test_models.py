@@ -3,7 +3,8 @@ import torch
 
 from asr.config import config_from_dict
 from asr.models import build_model, count_parameters
-from asr.models.blstm_ctc import BLSTMCTCConfig, RecurrentStack
+from asr.models.recurrent import RecurrentStack
+from asr.models.rnn_ctc import RNNCTCConfig
 
 
 def small(**overrides):
@@ -65,18 +66,18 @@ def test_unidirectional_stack_chunk_by_chunk_equals_whole(cell, layer_norm):
     whole = stack(x, torch.tensor([23, 23]))
     pieces, states = [], None
     for start in range(0, 23, 5):  # uneven last chunk
-        y, states = stack.forward_chunk(x[:, start:start + 5], states)
+        y, states = stack.step(x[:, start:start + 5], states)
         pieces.append(y)
     torch.testing.assert_close(torch.cat(pieces, dim=1), whole, rtol=1e-5, atol=1e-6)
     # the state is carried: chunks started afresh differ
-    fresh = torch.cat([stack.forward_chunk(x[:, s:s + 5], None)[0] for s in range(0, 23, 5)], dim=1)
+    fresh = torch.cat([stack.step(x[:, s:s + 5], None)[0] for s in range(0, 23, 5)], dim=1)
     assert not torch.allclose(fresh, whole, atol=1e-3)
 
 
 def test_bidirectional_stack_refuses_chunks():
     stack = RecurrentStack("lstm", 12, 16, 1, bidirectional=True, dropout=0.0)
     with pytest.raises(ValueError, match="whole sequence"):
-        stack.forward_chunk(torch.randn(1, 5, 12), None)
+        stack.step(torch.randn(1, 5, 12), None)
 
 
 def test_parameter_count_printed(capsys):
@@ -86,13 +87,13 @@ def test_parameter_count_printed(capsys):
 
 def test_unknown_config_key_is_named():
     with pytest.raises(ValueError, match="hiden_size"):
-        config_from_dict(BLSTMCTCConfig, {"hiden_size": 3})
+        config_from_dict(RNNCTCConfig, {"hiden_size": 3})
     with pytest.raises(ValueError, match="unknown model 'nope'"):
         build_model("nope")
 
 
 def test_nested_specaugment_config():
-    cfg = config_from_dict(BLSTMCTCConfig, {"specaugment": {"freq_masks": 0}})
+    cfg = config_from_dict(RNNCTCConfig, {"specaugment": {"freq_masks": 0}})
     assert cfg.specaugment.freq_masks == 0 and cfg.specaugment.time_masks == 2
 
 

@@ -7,8 +7,8 @@ import pytest
 
 from asr.checkpoint import load_checkpoint
 from asr.config import load_config
-from asr.models import build_model
-from asr.training import TrainConfig
+from asr.models import MODELS, build_model
+from asr.train_setup import TrainConfig
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 PRETRAINED = RECIPES.parent / "asr" / "pretrained"  # the shipped defaults (recipes/english/conf/gpu_*.yaml)
@@ -32,7 +32,7 @@ def test_recipe_config_builds_its_model(path):
     else:
         init_config = load_config(TrainConfig, init_path.parents[1] / "conf" / MADE_BY[init_path.name])
         model_name, model_config = init_config.model, init_config.model_config
-    assert model_name == config.model
+    assert MODELS[model_name] == MODELS[config.model]  # blstm_ctc is an alias of rnn_ctc
     start = build_model(model_name, model_config, verbose=False)
     tuned = build_model(config.model, {**model_config, **config.model_config}, verbose=False)
     tuned.load_state_dict(start.state_dict())

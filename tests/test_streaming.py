@@ -108,6 +108,21 @@ def test_padding_does_not_leak_and_lengths(layer_norm):
         assert torch.allclose(alone[0], batched[i, : out_lengths[i]], atol=1e-5)
 
 
+def test_step_runs_several_streams_as_one_batch():
+    """The state has the batch first (hidden: second), so streams can be stepped together."""
+    model = small_model().eval()
+    feats = torch.randn(3, 37, 80)
+    state, pieces = model.initial_state(batch=3), []
+    with torch.inference_mode():
+        for start in range(0, 37, 8):
+            log_probs, state = model.step(feats[:, start : start + 8], state)
+            pieces.append(log_probs)
+        batched = torch.cat([*pieces, model.flush(state)], dim=1)
+        for i in range(3):
+            alone, _ = model(feats[i : i + 1], torch.tensor([37]))
+            torch.testing.assert_close(batched[i], alone[0], atol=1e-5, rtol=1e-5)
+
+
 def test_step_needs_eval_mode():
     model = small_model().train()
     with pytest.raises(RuntimeError, match="model.eval"):
@@ -260,7 +275,7 @@ def test_decode_manifest_streamed_in_chunks(tiny_streaming_checkpoint, tmp_path)
     import soundfile as sf
 
     from asr.data.manifest import write_manifest
-    from asr.transcribe import decode_manifest
+    from asr.evaluate import decode_manifest
 
     entries = []
     for i, audio in enumerate(tiny_streaming_checkpoint.audio):

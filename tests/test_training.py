@@ -14,7 +14,8 @@ import torch
 
 from asr.checkpoint import CheckpointError, load_checkpoint
 from asr.data.loader import AugmentConfig, BucketBatchSampler, ctc_min_frames, filter_for_ctc
-from asr.training import OptimConfig, DataConfig, TrainConfig, Trainer
+from asr.train_setup import DataConfig, OptimConfig, TrainConfig
+from asr.training import Trainer
 from conftest import run_while_progressing
 
 WORDS = ["ALPHA", "BRAVO", "CHARLIE", "DELTA", "ECHO", "FOXTROT", "GOLF", "HOTEL"]
@@ -225,7 +226,7 @@ def test_init_from_keeps_the_checkpoints_architecture_and_weights(tmp_path):
     assert all(torch.equal(value, expected[name]) for name, value in tuned.model.state_dict().items())
     with pytest.raises(ValueError, match="do not fit this model"):
         Trainer(tiny_config(tmp_path / "c", manifest, init_from=init, model_config={"hidden_size": 32}))
-    with pytest.raises(ValueError, match="holds a blstm_ctc model"):
+    with pytest.raises(ValueError, match="holds a rnn_ctc model"):
         Trainer(tiny_config(tmp_path / "d", manifest, init_from=init, model="streaming_gru", model_config={}))
 
 
@@ -276,7 +277,7 @@ def test_exact_resume_after_sigkill(tmp_path):
 
 def test_several_training_manifests_are_concatenated(tmp_path):
     from asr.config import load_config
-    from asr.training import compute_cmvn_stats, save_cmvn_stats
+    from asr.train_setup import compute_cmvn_stats, save_cmvn_stats
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -332,7 +333,7 @@ def test_trainer_on_cuda(tmp_path):
 
 
 def test_cmvn_stats_over_several_manifests(tmp_path):
-    from asr.training import compute_cmvn_stats
+    from asr.train_setup import compute_cmvn_stats
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

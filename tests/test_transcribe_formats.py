@@ -138,7 +138,8 @@ def test_failures_listed_at_the_end(tiny_checkpoint, audio_dir, tmp_path):
 
 
 def test_subtitle_cues_respect_length_duration_and_pauses():
-    from asr.transcribe import Transcript, Word, subtitle_cues, to_srt, to_vtt
+    from asr.cli.writers import subtitle_cues, to_srt, to_vtt
+    from asr.transcribe import Transcript, Word
 
     words = [Word(f"W{i:02d}", 3600 + 0.5 * i, 3600 + 0.5 * i + 0.4, 0.9) for i in range(30)]
     words += [Word("LATER", 3700.0, 3700.5, 0.9)]

@@ -46,7 +46,7 @@ from asr.config import load_config
 from asr.data.loader import SPEEDS, BucketBatchSampler, UtteranceDataset, collate
 from asr.data.manifest import librispeech_tree_to_entries, read_manifest, write_manifest
 from asr.text import Tokenizer
-from asr.training import TrainConfig
+from asr.train_setup import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import (  # noqa: E402  (a sibling tool)
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
 def run_training(args: argparse.Namespace, config: TrainConfig, manifest: str, device: torch.device) -> None:
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as exp:
         stats = Path(exp) / "cmvn.pt"
-        from asr.training import compute_cmvn_stats, save_cmvn_stats  # noqa: PLC0415
+        from asr.train_setup import compute_cmvn_stats, save_cmvn_stats  # noqa: PLC0415
 
         save_cmvn_stats(compute_cmvn_stats(manifest, config.model_config.get("n_mels", 80), max_utterances=20), stats)
         overrides = [f"exp_dir={exp}", f"cmvn={stats}", f"data.train={manifest}", "data.valid=null",

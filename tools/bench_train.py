@@ -38,9 +38,9 @@ from asr.config import apply_overrides, load_config
 from asr.data.loader import SPEEDS, BucketBatchSampler
 from asr.features import num_frames
 from asr.models import build_model, count_parameters
-from asr.models.blstm_ctc import BLSTMCTC
+from asr.models.rnn_ctc import RNNCTC
 from asr.text import Tokenizer
-from asr.training import TrainConfig
+from asr.train_setup import TrainConfig
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "recipes" / "librispeech" / "conf" / "blstm_ctc.yaml"
 MEAN_SECONDS, STD_SECONDS, MIN_SECONDS, MAX_SECONDS = 12.3, 3.9, 1.0, 35.0
@@ -48,7 +48,7 @@ CHARACTERS_PER_SECOND = 15
 SAMPLE_RATE = 16000
 
 
-def with_recurrence(model: BLSTMCTC, mode: str) -> BLSTMCTC:
+def with_recurrence(model: RNNCTC, mode: str) -> RNNCTC:
     """A copy of ``model`` whose recurrent stack runs ``mode``: "padded" (the library's way) or
     "packed" (through packed sequences)."""
     model = copy.deepcopy(model)
@@ -247,8 +247,8 @@ def main(argv: list[str] | None = None) -> None:
         model_config["layer_norm"] = False
     torch.manual_seed(args.seed)
     model = build_model(config.model, model_config, verbose=False)
-    if args.compare_packing and type(model) is not BLSTMCTC:
-        parser.error(f"--compare-packing compares ways to run blstm_ctc's recurrent stack; {config.model} has none")
+    if args.compare_packing and type(model) is not RNNCTC:
+        parser.error(f"--compare-packing compares ways to run rnn_ctc's recurrent stack; {config.model} has none")
     max_frames = args.max_frames or config.data.max_frames
     try:
         batches = librispeech_batches(args.warmup + args.steps, max_frames, config.data.augment.speed_perturb,

@@ -3,7 +3,7 @@ clipping, each model trained until its dev CER stops improving.
 
 Three groups of runs, all on the same data, schedule and stopping rule:
 
-1. **variants**: BiLSTM, BiGRU, LSTM and GRU (``blstm_ctc`` with ``cell`` and
+1. **variants**: BiLSTM, BiGRU, LSTM and GRU (``rnn_ctc`` with ``cell`` and
    ``bidirectional``) at the parameter count of the config's own model, each given the hidden
    size whose count comes closest to it (a GRU layer has three gate blocks to an LSTM's four, a
    unidirectional layer one direction to a bidirectional one's two, so they get wider layers);
@@ -19,7 +19,7 @@ training stops when its CER has not fallen below the best so far by more than ``
 for ``--patience`` epochs in a row, or after ``--max-epochs``. The epoch with the lowest dev
 CER is the model "at convergence": it decodes the test set greedily on one thread (WER, CER,
 real-time factor), as ``asr decode`` does. The unidirectional models also stream the test set
-in 160 ms chunks with their recurrent state carried (:meth:`RecurrentStack.forward_chunk`).
+in 160 ms chunks with their recurrent state carried (:meth:`RecurrentStack.step`).
 
 Runs go ``--jobs`` at a time, each a process of its own with ``--threads`` torch threads
 (its peak resident memory is measured by the process itself). A finished run leaves
@@ -56,12 +56,13 @@ import torch
 from asr.checkpoint import load_checkpoint
 from asr.config import config_from_dict, load_config
 from asr.data.manifest import read_manifest, write_manifest
+from asr.evaluate import decode_manifest
 from asr.metrics import read_transcripts, score
-from asr.models import build_model, count_parameters
-from asr.models.blstm_ctc import BLSTMCTCConfig
+from asr.models import MODELS, build_model, count_parameters
+from asr.models.rnn_ctc import RNNCTC, RNNCTCConfig
 from asr.text import Tokenizer
-from asr.training import TrainConfig, Trainer, compute_cmvn_stats, save_cmvn_stats
-from asr.transcribe import decode_manifest
+from asr.train_setup import TrainConfig, compute_cmvn_stats, save_cmvn_stats
+from asr.training import Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "recipes" / "synthetic" / "conf" / "blstm_ctc.yaml"
@@ -184,7 +185,7 @@ def streaming_rtf(checkpoint: Path, manifest: Path, chunk_ms: int = STREAM_CHUNK
                 x, _ = model.subsampling(model.cmvn(feats), lengths)
                 if x.shape[1] == 0:
                     continue
-                x, states = model.encoder.forward_chunk(x, states)
+                x, states = model.encoder.step(x, states)
                 model.output(x).log_softmax(dim=-1)
             seconds += time.perf_counter() - start
             audio_seconds += len(audio) / 16000
@@ -549,8 +550,8 @@ def main(argv: list[str] | None = None) -> None:
         ])
     except ValueError as err:
         parser.error(str(err))
-    if config.model != "blstm_ctc":
-        parser.error(f"the variants are blstm_ctc's cells and directions; {args.config} trains {config.model}")
+    if MODELS.get(config.model, (None,))[0] is not RNNCTC:
+        parser.error(f"the variants are rnn_ctc's cells and directions; {args.config} trains {config.model}")
     pyplot = load_pyplot()  # now, not after the training, so that a missing matplotlib shows early
     args.out.mkdir(parents=True, exist_ok=True)
     settings = (
@@ -564,7 +565,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.report_only:
         train = subset_manifest(args.data / "train.jsonl", args.train_utterances, args.out / "train.jsonl")
         reference = {"vocab_size": len(Tokenizer()), **config.model_config}
-        n_mels = config_from_dict(BLSTMCTCConfig, reference).n_mels
+        n_mels = config_from_dict(RNNCTCConfig, reference).n_mels
         cmvn = args.cmvn or args.out / "cmvn.pt"
         if not cmvn.is_file():
             print(f"computing CMVN statistics from {train} -> {cmvn}")

@@ -243,8 +243,7 @@ def _pad(rows: list[torch.Tensor]) -> torch.Tensor:
     """Waveforms ``(samples,)`` zero-padded into ``(rows, longest)``. In a loader worker the
     tensor is made in shared memory, as torch's default_collate makes its batches: the batch
     has to reach the training process through shared memory, and sending a tensor made
-    elsewhere copies it there first (padding and sending a 600 s batch this way took 0.53x the
-    time, in one run)."""
+    elsewhere copies it there first."""
     shape = (len(rows), max(len(row) for row in rows))
     if get_worker_info() is None:
         out = torch.empty(shape, dtype=rows[0].dtype)
@@ -269,8 +268,7 @@ def collate(items: list, augment: bool = True) -> Batch | None:
     plans = [p for _, _, _, p in items] if items[0][3] is not None else None
     if augment and plans is not None:
         # one utterance at a time on the loader's CPU: oneDNN's convolution over a whole padded
-        # batch ran at less than half the speed (16 rows of 12 s with 15% padding: 5,500
-        # against 12,900 audio seconds per CPU-second)
+        # batch runs at less than half the speed (tools/bench_loader.py)
         audio = [_augment_one(a, p) for a, p in zip(audio, plans)]
         plans = None
     return Batch(

@@ -293,9 +293,8 @@ def cache_audio(entries: list[dict], out_dir: str | os.PathLike, speeds: Iterabl
     ``speeds``, and return the entries that point at the copies.
 
     Training reads every utterance once per epoch; decoding a compressed source and resampling
-    for speed perturbation each time costs the loader 3-6x the CPU of reading FLAC (measured on
-    speechocean762's Ogg Opus, one thread: Opus 863x real time, FLAC 5,266x, FLAC resampled to
-    1.1x speed 1,643x), CPU that the model's two processes share on a small machine. Copies at
+    for speed perturbation each time costs the loader several times the CPU of reading FLAC
+    (``tools/bench_loader.py``), CPU that the model's processes share on a small machine. Copies at
     speeds other than 1 are Kaldi's offline speed perturbation (Ko et al., 2015): their ids get
     an ``sp<speed>-`` prefix, their speaker too (a speed change makes another voice) and
     ``speed`` is recorded. Existing copies are kept, so an interrupted run resumes where it

@@ -1,4 +1,12 @@
-"""Acoustic models by name: ``build_model("blstm_ctc", {...})``."""
+"""Acoustic models by name: ``build_model("rnn_ctc", {...})``.
+
+=================  ============================================================
+``subsampling``    convolutional subsampling of the features (causal or not)
+``recurrent``      RecurrentStack: LSTM / GRU layers, uni- or bidirectional
+``rnn_ctc``        the offline RNN-CTC (a BiLSTM by default)
+``streaming_gru``  the streaming GRU-CTC, with a look-ahead convolution
+=================  ============================================================
+"""
 
 from __future__ import annotations
 
@@ -7,13 +15,35 @@ from typing import Any
 from torch import nn
 
 from asr.config import config_from_dict
-from asr.models.blstm_ctc import BLSTMCTC, BLSTMCTCConfig
+from asr.models.rnn_ctc import RNNCTC, RNNCTCConfig
 from asr.models.streaming_gru import StreamingGRUCTC, StreamingGRUCTCConfig
 
 MODELS: dict[str, tuple[type[nn.Module], type]] = {
-    "blstm_ctc": (BLSTMCTC, BLSTMCTCConfig),
+    "rnn_ctc": (RNNCTC, RNNCTCConfig),
+    "blstm_ctc": (RNNCTC, RNNCTCConfig),  # an alias: the name that existing checkpoints and configs carry
     "streaming_gru": (StreamingGRUCTC, StreamingGRUCTCConfig),
 }
+
+
+# parameter names that existing checkpoints (the embedded defaults among them) may carry ->
+# the names of the modules that hold those parameters
+RENAMED_PREFIXES = {
+    "subsampling.conv1.": "subsampling.convs.0.",
+    "subsampling.conv2.": "subsampling.convs.1.",
+    "gru.": "encoder.rnn.",
+    "norms.": "encoder.norms.",
+}
+
+
+def upgrade_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """A model's state dict with the parameter names of any checkpoint as this version names them."""
+    def upgrade(name: str) -> str:
+        for old, new in RENAMED_PREFIXES.items():
+            if name.startswith(old):
+                return new + name[len(old) :]
+        return name
+
+    return {upgrade(name): value for name, value in state_dict.items()}
 
 
 def count_parameters(model: nn.Module) -> int:

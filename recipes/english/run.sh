@@ -12,7 +12,7 @@
 #   ./run.sh [--stage N] [--stop-stage M] [--data DIR] [--exp DIR]
 #
 # Stage 11 (run only when asked: --stage 11) replaces the embedded defaults in asr/pretrained/:
-# a deliberate step, at most once per issue, since the files are committed.
+# a deliberate step, since the files are committed.
 # SPEECHOCEAN762_ROOT, KEYWORDS_ROOT and FSDD_ROOT override where the corpora are read from
 # (default: ../shared/data/<corpus> beside the repository). Stages are idempotent (.done
 # markers); an interrupted training resumes from its last.pt.
