@@ -176,3 +176,29 @@ def test_bad_cutoffs_are_refused(tmp_path):
     for prune in [(1,), (0, 2, 1), (0, 1, 1, 1), (0, -1)]:
         with pytest.raises(ValueError, match="prune must give"):
             build_arpa(CORPUS, tmp_path / "lm.arpa", 3, prune=prune)
+
+
+def test_asr_lm_learns_from_manifests_and_gzip_text_and_prunes(tmp_path):
+    import gzip
+    import json
+    import subprocess
+    import sys
+
+    manifest = tmp_path / "train.jsonl"
+    entry = {"id": "u1", "audio": "u1.wav", "duration": 1.0, "text": "the cat sat", "speaker": "s"}
+    manifest.write_text(json.dumps(entry) + "\n")
+    with gzip.open(tmp_path / "book.txt.gz", "wt") as f:
+        f.write("The dog sat.\n\nthe cat ran\nthe cat ran\n")
+    asr = [sys.executable, "-m", "asr", "lm", "--order", "2"]
+    result = subprocess.run([*asr, "--manifest", str(manifest), "--text", str(tmp_path / "book.txt.gz"),
+                             "--out", str(tmp_path / "full.arpa")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    full = ArpaModel(tmp_path / "full.arpa")
+    assert {"THE", "CAT", "SAT", "DOG", "RAN"} <= full.vocabulary and ("DOG", "SAT") in full.probs
+    result = subprocess.run([*asr, "--text", str(tmp_path / "book.txt.gz"), "--prune", "0", "1",
+                             "--out", str(tmp_path / "pruned.arpa")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    pruned = ArpaModel(tmp_path / "pruned.arpa")
+    assert ("CAT", "RAN") in pruned.probs and ("DOG", "SAT") not in pruned.probs  # seen twice / once
+    result = subprocess.run([*asr, "--out", str(tmp_path / "none.arpa")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "asr lm: error: nothing to learn from" in result.stderr

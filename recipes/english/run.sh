@@ -122,15 +122,16 @@ fi
 # A word 3-gram from every training transcript (each sentence once, not the speed copies): the
 # LibriSpeech clips and AN4, speechocean762's prompts, the keywords, the digits and the synthetic
 # corpus's 9,000 fortune sentences; and 1.1 M words of LibriSpeech book text (lm_text/, which
-# holds none of the adapt or test speakers' sentences). The search stays lexicon-free, so that a
-# word the LM never saw can still be spelled.
+# holds none of the adapt or test speakers' sentences), bigrams seen once and trigrams seen twice
+# or less left out so that the LM ships inside the models (docs/training.md, "Word LM"). The search
+# stays lexicon-free, so that a word the LM never saw can still be spelled.
 if run_stage 7 "word 3-gram LM; weights tuned on dev for each model and attached" "$exp/.lm.done"; then
   mkdir -p "$exp/lm"
   asr lm --manifest "$data/librispeech-clips/original/train.jsonl" "$data/an4/original/train.jsonl" \
     "$data/speechocean762/original/train.jsonl" "$data/keywords/original/train.jsonl" \
     "$data/fsdd/train.jsonl" "$synthetic/train.jsonl" \
     --text "${LIBRISPEECH_CLIPS_ROOT:-$shared_data/librispeech_clips}/lm_text/train-clean-100_dev-clean.txt.gz" \
-    --order 3 --out "$exp/lm/3gram.arpa"
+    --order 3 --prune 0 1 2 --out "$exp/lm/3gram.arpa"
   asr tune-lm --model "$exp/final.pt" --manifest "$data/dev.jsonl" --lm "$exp/lm/3gram.arpa" $tune_grid \
     --out "$exp/lm/weights.args"
   asr attach-lm --model "$exp/final.pt" --lm "$exp/lm/3gram.arpa" $(cat "$exp/lm/weights.args")
