@@ -34,7 +34,8 @@ Ngram = tuple[str, ...]
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
 
 
-def build_arpa(sentences: Iterable[str], path: str | os.PathLike, order: int = 3) -> list[int]:
+def build_arpa(sentences: Iterable[str], path: str | os.PathLike, order: int = 3,
+               prune: Sequence[int] = ()) -> list[int]:
     """Estimate an interpolated modified Kneser-Ney model and write it as an ARPA file.
 
     Args:
@@ -43,17 +44,28 @@ def build_arpa(sentences: Iterable[str], path: str | os.PathLike, order: int = 3
             are skipped.
         path: the ARPA file to write.
         order: the longest n-gram.
+        prune: count cutoffs per order, unigrams first, as ``lmplz --prune``: n-grams of order
+            n seen at most ``prune[n - 1]`` times are left out (see :func:`estimate_kneser_ney`).
 
     Returns:
         The number of n-grams of each order written (unigrams first).
     """
-    model = estimate_kneser_ney(sentences, order)
+    model = estimate_kneser_ney(sentences, order, prune)
     write_arpa(model, path)
     return [len(table) for table in model]
 
 
-def estimate_kneser_ney(sentences: Iterable[str], order: int = 3) -> list[dict[Ngram, tuple[float, float | None]]]:
+def estimate_kneser_ney(sentences: Iterable[str], order: int = 3,
+                        prune: Sequence[int] = ()) -> list[dict[Ngram, tuple[float, float | None]]]:
     """Interpolated modified Kneser-Ney estimates, in backoff form.
+
+    ``prune`` (count cutoffs per order, unigrams first; the last one holds for higher orders) leaves out the
+    n-grams of order n seen at most ``prune[n - 1]`` times: a book-sized corpus gives hundreds of
+    thousands of trigrams seen once, which would make the model too large to ship. The cutoffs
+    must not fall with the order and unigrams are never pruned, so that every kept n-gram's
+    context and suffix are kept too. The kept n-grams keep their probabilities and each
+    context's backoff weight is recomputed so that its distribution still sums to one (as
+    SRILM does after pruning).
 
     Returns:
         For each order n (index n - 1), n-gram -> ``(log10 prob, log10 backoff)``; the backoff is
@@ -63,6 +75,10 @@ def estimate_kneser_ney(sentences: Iterable[str], order: int = 3) -> list[dict[N
     """
     if order < 1:
         raise ValueError(f"order must be at least 1, got {order}")
+    cutoffs = [*prune, *[prune[-1] if prune else 0] * order][:order]  # the last cutoff holds for higher orders
+    if len(prune) > order or cutoffs[0] != 0 or any(a > b for a, b in zip(cutoffs, cutoffs[1:])) or min(cutoffs) < 0:
+        raise ValueError(f"prune must give at most {order} cutoffs, 0 for unigrams, never falling with the order: "
+                         f"got {list(prune)}")
     counts = _count_ngrams(sentences, order)
     if not counts[0]:
         raise ValueError("no words to build a language model from")
@@ -88,6 +104,8 @@ def estimate_kneser_ney(sentences: Iterable[str], order: int = 3) -> list[dict[N
             level[(UNK,)] = gamma[()] / vocab_size
         probs.append(level)
         weights.append(gamma)
+    if any(cutoffs):
+        _prune(probs, weights, counts, cutoffs)
 
     model = []
     for n, level in enumerate(probs, start=1):
@@ -101,6 +119,29 @@ def estimate_kneser_ney(sentences: Iterable[str], order: int = 3) -> list[dict[N
             table[(BOS,)] = (-99.0, None if bow is None else math.log10(bow))
         model.append(table)
     return model
+
+
+def _prune(probs: list[dict[Ngram, float]], weights: list[dict[Ngram, float]], counts: list[Counter[Ngram]],
+           cutoffs: Sequence[int]) -> None:
+    """Drop the n-grams at or under their order's cutoff (in place) and renormalise each context:
+    its backoff becomes (1 - kept mass) / (1 - the lower order's mass of the kept words)."""
+
+    def lower(gram: Ngram) -> float:  # P(gram[-1] | gram[:-1]) in the pruned model of order len(gram)
+        backoff = 1.0
+        while len(gram) > 1 and gram not in probs[len(gram) - 1]:
+            backoff *= weights[len(gram) - 1].get(gram[:-1], 1.0)
+            gram = gram[1:]
+        return backoff * probs[len(gram) - 1][gram]
+
+    for n in range(2, len(probs) + 1):
+        probs[n - 1] = {gram: p for gram, p in probs[n - 1].items() if counts[n - 1][gram] > cutoffs[n - 1]}
+        kept_mass: dict[Ngram, float] = defaultdict(float)
+        lower_mass: dict[Ngram, float] = defaultdict(float)
+        for gram, p in probs[n - 1].items():
+            kept_mass[gram[:-1]] += p
+            lower_mass[gram[:-1]] += lower(gram[1:])
+        weights[n - 1] = {context: max(1.0 - kept_mass[context], 0.0) / max(1.0 - lower_mass[context], 1e-12)
+                          for context in weights[n - 1] if context in probs[n - 2] or n == 2 and context == (BOS,)}
 
 
 def _count_ngrams(sentences: Iterable[str], order: int) -> list[Counter[Ngram]]:

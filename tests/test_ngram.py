@@ -144,3 +144,61 @@ def test_kenlm_loads_it_and_agrees(tmp_path):
     lexicon = tmp_path / "lexicon.txt"
     lexicon.write_text("THE\tT H E\nCAT\tC A T\n", encoding="utf-8")
     ctc_decoder(lexicon=str(lexicon), tokens=["-", "|", *"ACEHT"], lm=str(path))
+
+
+@pytest.mark.parametrize("prune", [(0, 1), (0, 1, 1), (0, 0, 1), (0, 2, 3)])
+def test_a_pruned_model_keeps_no_rare_ngram_and_every_context_is_normalised(tmp_path, prune):
+    random.seed(7)
+    words = [f"W{rank}" for rank in range(30)]
+    zipf = [1 / (rank + 1) for rank in range(30)]
+    sentences = [" ".join(random.choices(words, zipf, k=random.randint(1, 6))) for _ in range(300)]
+    full = ArpaModel(_build(tmp_path, sentences, 3, "full.arpa"))
+    path = tmp_path / "pruned.arpa"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        build_arpa(sentences, path, 3, prune=prune)
+    model = ArpaModel(path)
+    counts = Counter(gram for s in sentences for n in (2, 3)
+                     for gram in zip(*[[BOS, *s.split(), EOS][i:] for i in range(n)]))
+    cutoffs = [*prune, prune[-1]][:3]
+    for gram in full.probs:
+        kept = len(gram) == 1 or counts[gram] > cutoffs[len(gram) - 1]
+        assert (gram in model.probs) == kept, gram
+        if kept:  # kept n-grams keep their probability; only backoffs change
+            assert model.probs[gram] == pytest.approx(full.probs[gram], abs=1e-6)
+    assert len(model.probs) < len(full.probs)
+    predicted = [w for w in model.vocabulary if w != BOS]
+    for context in [(), (BOS,), ("W0",), ("W29",), (BOS, "W0"), ("W0", "W1"), ("W1", "W0"), ("W2", "W2"), ("Q", "W0")]:
+        assert sum(10 ** model.log10_prob(w, context) for w in predicted) == pytest.approx(1.0, abs=1e-5), context
+
+
+def test_bad_cutoffs_are_refused(tmp_path):
+    for prune in [(1,), (0, 2, 1), (0, 1, 1, 1), (0, -1)]:
+        with pytest.raises(ValueError, match="prune must give"):
+            build_arpa(CORPUS, tmp_path / "lm.arpa", 3, prune=prune)
+
+
+def test_asr_lm_learns_from_manifests_and_gzip_text_and_prunes(tmp_path):
+    import gzip
+    import json
+    import subprocess
+    import sys
+
+    manifest = tmp_path / "train.jsonl"
+    entry = {"id": "u1", "audio": "u1.wav", "duration": 1.0, "text": "the cat sat", "speaker": "s"}
+    manifest.write_text(json.dumps(entry) + "\n")
+    with gzip.open(tmp_path / "book.txt.gz", "wt") as f:
+        f.write("The dog sat.\n\nthe cat ran\nthe cat ran\n")
+    asr = [sys.executable, "-m", "asr", "lm", "--order", "2"]
+    result = subprocess.run([*asr, "--manifest", str(manifest), "--text", str(tmp_path / "book.txt.gz"),
+                             "--out", str(tmp_path / "full.arpa")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    full = ArpaModel(tmp_path / "full.arpa")
+    assert {"THE", "CAT", "SAT", "DOG", "RAN"} <= full.vocabulary and ("DOG", "SAT") in full.probs
+    result = subprocess.run([*asr, "--text", str(tmp_path / "book.txt.gz"), "--prune", "0", "1",
+                             "--out", str(tmp_path / "pruned.arpa")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    pruned = ArpaModel(tmp_path / "pruned.arpa")
+    assert ("CAT", "RAN") in pruned.probs and ("DOG", "SAT") not in pruned.probs  # seen twice / once
+    result = subprocess.run([*asr, "--out", str(tmp_path / "none.arpa")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "asr lm: error: nothing to learn from" in result.stderr

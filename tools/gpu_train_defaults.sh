@@ -62,8 +62,8 @@ cores=$(nproc)
 if $together; then workers=$(( (cores - 2) / 2 )); else workers=$(( cores - 2 )); fi
 [ "$workers" -ge 1 ] || workers=1
 
-train=$( (ls "$pack"/{speechocean762_train,keywords_train,fsdd_train,synthetic_train}.jsonl 2>/dev/null || true) | paste -sd,)
-valid=$( (ls "$pack"/{speechocean762_dev,synthetic_dev}.jsonl 2>/dev/null || true) | paste -sd,)
+train=$( (ls "$pack"/{librispeech-clips_train,an4_train,speechocean762_train,keywords_train,fsdd_train,synthetic_train}.jsonl 2>/dev/null || true) | paste -sd,)
+valid=$( (ls "$pack"/{librispeech-clips_dev,speechocean762_dev,synthetic_dev}.jsonl 2>/dev/null || true) | paste -sd,)
 [ -n "$train" ] || { echo "error: no training manifests in $pack (tools/pack_for_gpu.py makes them)" >&2; exit 1; }
 echo "pack: $(python3 -c "import json, sys; p = json.load(open(sys.argv[1])); print(f\"{sum(s['hours'] for s in p['sets'].values()):.2f} h at {p['kbps']:g} kbps\")" "$pack/pack.json")"
 

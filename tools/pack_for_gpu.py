@@ -1,8 +1,8 @@
 """Pack the english recipe's training audio compactly for a GPU machine that sees only what is
 carried to it (64 MiB in all, the repository's tracked files and the wheels included).
 
-Every training utterance of the real corpora (speechocean762 train and dev, the keywords'
-train part, FSDD's train part) and as much of the synthetic corpus (train; its dev set whole)
+Every training utterance of the real corpora (the LibriSpeech clips' train and dev parts, AN4's
+train part, speechocean762 train and dev, the keywords' train part, FSDD's train part) and as much of the synthetic corpus (train; its dev set whole)
 as the budget leaves, re-encoded as 16 kHz mono Ogg Opus at ``--kbps``, with one manifest per
 set whose audio paths are relative to the pack folder (``asr`` resolves them from the
 manifest's folder, so the pack works wherever it lands)::
@@ -10,8 +10,9 @@ manifest's folder, so the pack works wherever it lands)::
     OUT/speechocean762_train.jsonl  OUT/audio/speechocean762_train/<id>.opus  ...
     OUT/pack.json                   kbps, hours, bytes (audio and manifest) per set, the budget
 
-The real corpora are prepared here as ``asr prepare`` does (SPEECHOCEAN762_ROOT, KEYWORDS_ROOT,
-FSDD_ROOT, default ../shared/data/<corpus> beside the repository); the synthetic corpus is read
+The real corpora are prepared here as the english recipe's stage 1 does (LIBRISPEECH_CLIPS_ROOT,
+AN4_ROOT, SPEECHOCEAN762_ROOT, KEYWORDS_ROOT, FSDD_ROOT, default ../shared/data/<corpus> beside
+the repository); the synthetic corpus is read
 from ``--synthetic`` (the synthetic recipe's stage 1 makes it). The real sets must fit, else
 nothing is written beyond them and the tool fails; the synthetic train set is a seeded random
 subset that fills what is left.
@@ -155,15 +156,17 @@ def encode_set(name: str, entries: list[dict], out: Path, kbps: float, jobs: int
 def real_manifests(tmp: Path) -> dict[str, Path]:
     """The real corpora's training and dev manifests, prepared as the english recipe's stage 1 does."""
     from asr.data.fsdd import prepare_fsdd
-    from asr.data.keywords import prepare_keywords
+    from asr.data.shared_corpus import SHARED_DATA, prepare_shared_corpus
     from asr.data.speechocean762 import prepare_speechocean762
 
-    shared = ROOT.parent / "shared" / "data"
-    root = lambda corpus: os.environ.get(f"{corpus.upper()}_ROOT", str(shared / corpus))  # noqa: E731
+    root = lambda corpus: os.environ.get(f"{corpus.upper()}_ROOT", str(SHARED_DATA / corpus))  # noqa: E731
+    ls = prepare_shared_corpus("librispeech-clips", root("librispeech_clips"), tmp / "librispeech_clips", dev_speakers=20)
+    an = prepare_shared_corpus("an4", root("an4"), tmp / "an4")
     so = prepare_speechocean762(root("speechocean762"), tmp / "speechocean762", dev_speakers=6, progress=False)
-    kw = prepare_keywords(root("keywords"), tmp / "keywords")
+    kw = prepare_shared_corpus("keywords", root("keywords"), tmp / "keywords")
     fs = prepare_fsdd(root("fsdd"), tmp / "fsdd")
-    return {"speechocean762_train": so["train"], "speechocean762_dev": so["dev"],
+    return {"librispeech-clips_train": ls["train"], "librispeech-clips_dev": ls["dev"], "an4_train": an["train"],
+            "speechocean762_train": so["train"], "speechocean762_dev": so["dev"],
             "keywords_train": kw["train"], "fsdd_train": fs["train"]}
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gzip
 
 from asr.checkpoint import CheckpointError, load_checkpoint, write_checkpoint
-from asr.cli.common import add_beam_options, add_verb, beam_options, fail, positive_int
+from asr.cli.common import add_beam_options, add_verb, beam_options, error, fail, positive_int
 from asr.data.manifest import read_manifest
 from asr.decoding import read_language_model, read_word_list, tune_lm_weights, write_lexicon
 from asr.evaluate import manifest_log_probs
@@ -17,10 +18,16 @@ from asr.text import normalize_text
 
 def register(verbs: argparse._SubParsersAction) -> None:
     p = add_verb(verbs, "lm", language_model,
-                 help="word n-gram LM (modified Kneser-Ney, ARPA) from a manifest's transcripts")
-    p.add_argument("--manifest", required=True, nargs="+",
+                 help="word n-gram LM (modified Kneser-Ney, ARPA) from manifests' transcripts and text files")
+    p.add_argument("--manifest", nargs="+", default=[],
                    help="training manifests (JSONL): only their text is read, each sentence as often as it occurs")
+    p.add_argument("--text", nargs="+", default=[], metavar="FILE",
+                   help="text files, one sentence per line (.gz read as gzip), normalised as transcripts are")
     p.add_argument("--order", type=positive_int, default=3, help="longest n-gram (default: 3)")
+    p.add_argument("--prune", type=int, nargs="+", default=[], metavar="N",
+                   help="count cutoffs per order, unigrams first, as lmplz's: n-grams seen at most N times are "
+                   "left out, the last cutoff holding for higher orders (e.g. 0 1 2 for a book-sized text; "
+                   "default: none)")
     p.add_argument("--out", required=True, help="ARPA file to write")
 
     p = add_verb(verbs, "lexicon", lexicon, help="lexicon of the words in manifests' transcripts (and word lists), "
@@ -62,10 +69,22 @@ def _transcripts(manifests: list[str]) -> list[str]:
     return [normalize_text(entry["text"])[0] for path in manifests for entry in read_manifest(path)]
 
 
+def _text_lines(paths: list[str]) -> list[str]:
+    """The normalised non-empty lines of text files (gzip when named .gz)."""
+    lines = []
+    for path in paths:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rt", encoding="utf-8") as f:
+            lines += [normalize_text(line)[0] for line in f if line.strip()]
+    return lines
+
+
 def language_model(args: argparse.Namespace) -> int:
+    if not (args.manifest or args.text):
+        return error(args, "nothing to learn from; give --manifest, --text or both")
     try:
-        counts = build_arpa(_transcripts(args.manifest), args.out, args.order)
-    except (OSError, ValueError) as err:
+        sentences = _transcripts(args.manifest) + _text_lines(args.text)
+        counts = build_arpa(sentences, args.out, args.order, args.prune)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
         return fail(args, err)
     print(f"wrote {args.out}: " + ", ".join(f"{n} {k + 1}-grams" for k, n in enumerate(counts)))
     return 0

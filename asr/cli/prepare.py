@@ -1,5 +1,5 @@
-"""``asr prepare CORPUS``: validated JSONL manifests for LibriSpeech, FSDD, speechocean762, keywords
-or any LibriSpeech-layout tree."""
+"""``asr prepare CORPUS``: validated JSONL manifests for LibriSpeech, FSDD, speechocean762, the shared
+folder's corpora (keywords, AN4, LibriSpeech clips) or any LibriSpeech-layout tree."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ import argparse
 
 from asr.cli.common import error, fail, positive_int
 from asr.data.fsdd import prepare_fsdd
-from asr.data.keywords import SHARED_COPY as KEYWORDS_COPY
-from asr.data.keywords import prepare_keywords
 from asr.data.librispeech import (
     CHECKSUMS, SUBSETS, ChecksumError, DownloadError, download_librispeech, prepare_librispeech, read_md5sums,
 )
 from asr.data.manifest import librispeech_tree_to_entries, validate_entries, write_manifest
+from asr.data.shared_corpus import CORPORA, prepare_shared_corpus, shared_copy
 from asr.data.speechocean762 import SHARED_COPY as SPEECHOCEAN762_COPY
 from asr.data.speechocean762 import download_speechocean762, prepare_speechocean762
 
@@ -56,12 +55,19 @@ def register(verbs: argparse._SubParsersAction) -> None:
     q.add_argument("--out", required=True, help="directory for train.jsonl, test.jsonl (and dev.jsonl)")
     q.set_defaults(func=_speechocean762)
 
-    q = corpora.add_parser("keywords", help="wake words and command words (picovoice, mycroft, speechcommands), "
-                           "the corpus's own train/test split")
-    q.add_argument("--data-root", help="corpus folder with utterances.tsv and split.tsv (default: the shared copy "
-                   "../shared/data/keywords beside the repository, when it exists)")
-    q.add_argument("--out", required=True, help="directory for train.jsonl and test.jsonl")
-    q.set_defaults(func=_keywords)
+    helps = {"keywords": "wake words and command words (picovoice, mycroft, speechcommands)",
+             "an4": "CMU AN4: census answers, spelled words and numbers by 84 US speakers",
+             "librispeech-clips": "2.3 h of LibriSpeech read speech by about 265 speakers, with an adapt part "
+                                  "(three speakers' chapters)"}
+    for name, corpus in CORPORA.items():
+        parts = "/".join(corpus.parts)
+        q = corpora.add_parser(name, help=f"{helps[name]}; the corpus's own {parts} split")
+        q.add_argument("--data-root", help="corpus folder with utterances.tsv and split.tsv (default: the shared "
+                       f"copy ../shared/data/{corpus.folder} beside the repository, when it exists)")
+        q.add_argument("--dev-speakers", type=int, default=0, metavar="N",
+                       help="move N training speakers, whole, to dev.jsonl for validation (default: 0)")
+        q.add_argument("--out", required=True, help=f"directory for {', '.join(f'{p}.jsonl' for p in corpus.parts)}")
+        q.set_defaults(func=_shared_corpus)
 
     q = corpora.add_parser("librispeech-tree", help="any LibriSpeech-layout tree (e.g. synthetic) to one manifest")
     q.add_argument("--root", required=True, help="directory with SPEAKER/CHAPTER/*.flac and *.trans.txt")
@@ -113,10 +119,9 @@ def _speechocean762(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keywords(args: argparse.Namespace) -> int:
-    root = args.data_root or KEYWORDS_COPY
+def _shared_corpus(args: argparse.Namespace) -> int:
     try:
-        prepare_keywords(root, args.out)
+        prepare_shared_corpus(args.corpus, args.data_root or shared_copy(args.corpus), args.out, args.dev_speakers)
     except (FileNotFoundError, ValueError) as err:
         return fail(args, err, 1)
     return 0

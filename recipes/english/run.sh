@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # English recipe: the embedded default models that `asr transcribe` and `asr stream` use without
-# --model. Everything real in ../shared/data (speechocean762's read sentences, the keywords
-# corpus's wake and command words, FSDD's digits; see their ATTRIBUTION.md files, nothing is
-# copied here) mixed with the synthetic recipe's corpus (espeak-ng and flite voices); the synthetic recipe's models
+# --model. Everything real in ../shared/data (LibriSpeech clips and CMU AN4: native speakers;
+# speechocean762's read sentences: non-native; the keywords corpus's wake and command words,
+# FSDD's digits; see their ATTRIBUTION.md files, nothing is copied here) mixed with the synthetic
+# recipe's corpus (espeak-ng and flite voices); the synthetic recipe's models
 # (pre-trained on that corpus alone) fine-tuned on the mixture: the BiLSTM-CTC for files and the
 # streaming GRU for the microphone. A general word 3-gram LM from every training transcript,
 # weights tuned on a dev set of real and synthetic speech, attached to both. Every test set
@@ -13,7 +14,8 @@
 #
 # Stage 11 (run only when asked: --stage 11) replaces the embedded defaults in asr/pretrained/:
 # a deliberate step, since the files are committed.
-# SPEECHOCEAN762_ROOT, KEYWORDS_ROOT and FSDD_ROOT override where the corpora are read from
+# LIBRISPEECH_CLIPS_ROOT, AN4_ROOT, SPEECHOCEAN762_ROOT, KEYWORDS_ROOT and FSDD_ROOT override where
+# the corpora are read from
 # (default: ../shared/data/<corpus> beside the repository). Stages are idempotent (.done
 # markers); an interrupted training resumes from its last.pt.
 # TRAINED_DIR=DIR: models trained elsewhere (what tools/gpu_train_defaults.sh writes on a GPU:
@@ -29,27 +31,39 @@ $quick && { echo "error: this recipe has no --quick mode; the other recipes' qui
 data=${data_dir:-data} exp=${exp_dir:-exp}
 shared_data=$root/../shared/data
 synthetic=../synthetic/data/default
-# training mixture: speechocean762 and the keyword clips at three speeds, FSDD's digits, the synthetic corpus
-train_manifests=$data/speechocean762/train.jsonl,$data/keywords/train.jsonl,$data/fsdd/train.jsonl,$synthetic/train.jsonl
-tests="speechocean762 fsdd keywords synthetic"
+# training mixture: the real corpora (all but FSDD at three speeds), the synthetic corpus
+train_manifests=$data/librispeech-clips/train.jsonl,$data/an4/train.jsonl,$data/speechocean762/train.jsonl
+train_manifests+=,$data/keywords/train.jsonl,$data/fsdd/train.jsonl,$synthetic/train.jsonl
+tests="librispeech-clips an4 speechocean762 fsdd keywords synthetic"
 tune_grid="--lm-weights 0.5 0.75 1.0 1.5 --word-scores 0 1 2.5 --sample 150"
 mkdir -p "$data" "$exp"
 
 # Each corpus in its own folder; Ogg Opus decoded once to FLAC (speed-perturbed copies of the
 # training parts), so that the loader neither decodes Opus nor resamples every epoch. Test sets
 # are named after their corpus: $data/<corpus>.jsonl.
+# cache CORPUS PART [SPEEDS...]: $data/CORPUS/original/PART.jsonl decoded to FLAC -> $data/CORPUS/PART.jsonl
+cache() {
+  local corpus=$1 part=$2; shift 2
+  asr cache-audio --manifest "$data/$corpus/original/$part.jsonl" ${1:+--speeds "$@"} \
+    --out-dir "$data/$corpus/audio" --out "$data/$corpus/$part.jsonl"
+}
+
 if run_stage 1 "manifests of the real corpora; audio decoded once to FLAC" "$data/.manifests.done"; then
+  # native read speech: 20 of the LibriSpeech clips' training speakers are the native dev voices;
+  # its adapt part (three speakers' chapters) stays out of training, for docs/adapt.md
+  asr prepare librispeech-clips --data-root "${LIBRISPEECH_CLIPS_ROOT:-$shared_data/librispeech_clips}" \
+    --dev-speakers 20 --out "$data/librispeech-clips/original"
+  cache librispeech-clips train 0.9 1.0 1.1 && cache librispeech-clips dev && cache librispeech-clips test
+  mv "$data/librispeech-clips/test.jsonl" "$data/librispeech-clips.jsonl"
+  asr prepare an4 --data-root "${AN4_ROOT:-$shared_data/an4}" --out "$data/an4/original"
+  cache an4 train 0.9 1.0 1.1 && cache an4 test
+  mv "$data/an4/test.jsonl" "$data/an4.jsonl"
   asr prepare speechocean762 --data-root "${SPEECHOCEAN762_ROOT:-$shared_data/speechocean762}" --dev-speakers 6 \
     --out "$data/speechocean762/original"
-  asr cache-audio --manifest "$data/speechocean762/original/train.jsonl" --speeds 0.9 1.0 1.1 \
-    --out-dir "$data/speechocean762/audio" --out "$data/speechocean762/train.jsonl"
-  asr cache-audio --manifest "$data/speechocean762/original/dev.jsonl" --out-dir "$data/speechocean762/audio" \
-    --out "$data/speechocean762/dev.jsonl"
-  asr cache-audio --manifest "$data/speechocean762/original/test.jsonl" --out-dir "$data/speechocean762/audio" \
-    --out "$data/speechocean762.jsonl"
+  cache speechocean762 train 0.9 1.0 1.1 && cache speechocean762 dev && cache speechocean762 test
+  mv "$data/speechocean762/test.jsonl" "$data/speechocean762.jsonl"
   asr prepare keywords --data-root "${KEYWORDS_ROOT:-$shared_data/keywords}" --out "$data/keywords/original"
-  asr cache-audio --manifest "$data/keywords/original/train.jsonl" --speeds 0.9 1.0 1.1 \
-    --out-dir "$data/keywords/audio" --out "$data/keywords/train.jsonl"
+  cache keywords train 0.9 1.0 1.1
   cp "$data/keywords/original/test.jsonl" "$data/keywords.jsonl"
   asr prepare fsdd --data-root "${FSDD_ROOT:-$shared_data/fsdd}" --out "$data/fsdd"
   cp "$data/fsdd/test.jsonl" "$data/fsdd.jsonl"
@@ -62,8 +76,8 @@ if run_stage 2 "pre-train on the synthetic corpus: ../synthetic/exp/final.pt and
   bash ../synthetic/run.sh --stop-stage 5
   bash ../synthetic/run.sh --stage 10 --stop-stage 10
   cp "$synthetic/test.jsonl" "$data/synthetic.jsonl"
-  # validation and LM tuning: speechocean762's 6 held-out speakers and the synthetic dev voices
-  cat "$data/speechocean762/dev.jsonl" "$synthetic/dev.jsonl" > "$data/dev.jsonl"
+  # validation and LM tuning: 20 native and 6 non-native held-out speakers, the synthetic dev voices
+  cat "$data/librispeech-clips/dev.jsonl" "$data/speechocean762/dev.jsonl" "$synthetic/dev.jsonl" > "$data/dev.jsonl"
   touch "$exp/.pretrain.done"
 fi
 
@@ -106,13 +120,19 @@ if run_stage 6 "average the last 2 epochs -> $exp/final.pt; the last epoch -> $e
   touch "$exp/.average.done"
 fi
 
-# A word 3-gram from every training transcript (each sentence once, not the speed copies):
-# speechocean762's prompts, the keywords, the digits and the synthetic corpus's 9,000 fortune
-# sentences. The search stays lexicon-free, so that a word the LM never saw can still be spelled.
+# A word 3-gram from every training transcript (each sentence once, not the speed copies): the
+# LibriSpeech clips and AN4, speechocean762's prompts, the keywords, the digits and the synthetic
+# corpus's 9,000 fortune sentences; and 1.1 M words of LibriSpeech book text (lm_text/, which
+# holds none of the adapt or test speakers' sentences), bigrams seen once and trigrams seen twice
+# or less left out so that the LM ships inside the models (docs/training.md, "Word LM"). The search
+# stays lexicon-free, so that a word the LM never saw can still be spelled.
 if run_stage 7 "word 3-gram LM; weights tuned on dev for each model and attached" "$exp/.lm.done"; then
   mkdir -p "$exp/lm"
-  asr lm --manifest "$data/speechocean762/original/train.jsonl" "$data/keywords/original/train.jsonl" \
-    "$data/fsdd/train.jsonl" "$synthetic/train.jsonl" --order 3 --out "$exp/lm/3gram.arpa"
+  asr lm --manifest "$data/librispeech-clips/original/train.jsonl" "$data/an4/original/train.jsonl" \
+    "$data/speechocean762/original/train.jsonl" "$data/keywords/original/train.jsonl" \
+    "$data/fsdd/train.jsonl" "$synthetic/train.jsonl" \
+    --text "${LIBRISPEECH_CLIPS_ROOT:-$shared_data/librispeech_clips}/lm_text/train-clean-100_dev-clean.txt.gz" \
+    --order 3 --prune 0 1 2 --out "$exp/lm/3gram.arpa"
   asr tune-lm --model "$exp/final.pt" --manifest "$data/dev.jsonl" --lm "$exp/lm/3gram.arpa" $tune_grid \
     --out "$exp/lm/weights.args"
   asr attach-lm --model "$exp/final.pt" --lm "$exp/lm/3gram.arpa" $(cat "$exp/lm/weights.args")
@@ -146,7 +166,7 @@ if run_stage 9 "score -> RESULTS.md" "$exp/.score.done"; then
   for variant in greedy lm streaming streaming_lm; do
     score_splits --by age_group "$exp" "$data" "speechocean762_$variant"
     score_splits --by source "$exp" "$data" "keywords_$variant"
-    score_splits "$exp" "$data" "fsdd_$variant" "synthetic_$variant"
+    score_splits "$exp" "$data" "librispeech-clips_$variant" "an4_$variant" "fsdd_$variant" "synthetic_$variant"
   done
   {
     echo "Produced by \`recipes/english/run.sh\` on $(date -u +%Y-%m-%d), $(nproc) CPU cores, $(gpus)."
@@ -193,7 +213,7 @@ fi
 # Not run by default: replace the embedded defaults (committed files) with this run's models,
 # weights in float16, with their provenance (this recipe, its config, the git commit, the data).
 if run_stage 11 "store both models compactly in asr/pretrained/" "$exp/.pretrained.done"; then
-  data_note="speechocean762 train (119 speakers) and keywords train (1974 speakers) at speeds 0.9/1.0/1.1, FSDD train (4 speakers), the synthetic corpus (100 espeak-ng and 100 flite voices)"
+  data_note="LibriSpeech clips train (about 245 speakers), AN4 train (74 speakers), speechocean762 train (119 speakers) and keywords train (1974 speakers) at speeds 0.9/1.0/1.1, FSDD train (4 speakers), the synthetic corpus (100 espeak-ng and 100 flite voices)"
   asr compact --model "$exp/final.pt" --out "$root/asr/pretrained/offline.pt" \
     --note recipe=recipes/english/run.sh "config=$offline_config" "data=$data_note"
   asr compact --model "$exp/streaming.pt" --out "$root/asr/pretrained/streaming.pt" \
