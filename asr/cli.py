@@ -282,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stream(verbs)
     _add_serve(verbs)
     _add_export(verbs)
+    _add_adapt(verbs)
     return parser
 
 
@@ -903,6 +904,77 @@ def _serve(args: argparse.Namespace) -> int:
         serve(config)
     except (CheckpointError, ImportError, ValueError, OSError) as err:
         return _fail(err)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# asr record / asr adapt: a personal model from a few minutes of one voice (asr/record.py, asr/adapt.py)
+
+
+def _add_adapt(verbs: argparse._SubParsersAction) -> None:
+    p = verbs.add_parser("record", help="read prompts aloud into the microphone: NAME.wav + NAME.txt pairs for asr adapt")
+    p.add_argument("out_dir", metavar="DIR", help="folder for the recordings (prompts already recorded there are passed over)")
+    p.add_argument("--prompts", metavar="FILE", help="your own prompts, one per line (default: the shipped list of "
+                   "200 English sentences)")
+    p.add_argument("--count", type=_positive_int, metavar="N", help="stop after N prompts (default: all)")
+    p.add_argument("--device", metavar="NAME|INDEX", help="input device (default: the system's default input)")
+    p.add_argument("--list-devices", action="store_true", help="list the input devices and exit")
+    p.set_defaults(func=_record)
+
+    p = verbs.add_parser("adapt", help="fine-tune a model to one voice from a folder of transcribed recordings "
+                         "(docs/adapt.md)")
+    p.add_argument("source", metavar="DIR|MANIFEST", help="audio files with same-stem .txt transcripts (what asr record "
+                   "writes), or a JSONL manifest")
+    p.add_argument("--out", required=True, help="the adapted checkpoint to write")
+    p.add_argument("--model", help="checkpoint to adapt (default: the embedded offline model)")
+    p.add_argument("--streaming", action="store_true", help="adapt the embedded streaming model (for asr stream, serve)")
+    p.add_argument("--max-updates", type=_positive_int, metavar="N", help="most updates (default: 100; docs/adapt.md)")
+    p.set_defaults(func=_adapt)
+
+
+def _record(args: argparse.Namespace) -> int:
+    from asr.audio import Microphone, MicrophoneError, list_input_devices
+    from asr.record import PromptError, read_prompts, run_session
+
+    try:
+        if args.list_devices:
+            for d in list_input_devices():
+                print(f"{'*' if d.is_default else ' '} {d.index}: {d.name} ({d.channels} ch, {d.default_rate} Hz)")
+            return 0
+        prompts = read_prompts(args.prompts)
+        device = int(args.device) if args.device and args.device.isdigit() else args.device
+        mic = Microphone(device, chunk_seconds=0.05)
+    except (PromptError, MicrophoneError, ValueError, OSError) as err:
+        return _fail(err)
+    print(f"recording from {mic.name!r} into {args.out_dir}; each take stops after a pause", file=sys.stderr)
+    try:
+        run_session(prompts, args.out_dir, iter(mic), limit=args.count, live_meter=sys.stderr.isatty())
+    except EOFError:  # input closed: what was kept is written
+        print(file=sys.stderr)
+    finally:
+        mic.close()
+    return 0
+
+
+def _adapt(args: argparse.Namespace) -> int:
+    from asr.adapt import AdaptConfig, AdaptError, adapt_to_file
+    from asr.audio import AudioError
+    from asr.checkpoint import CheckpointError
+    from asr.pretrained import resolve_model
+
+    if args.model and args.streaming:
+        return _error("give --model or --streaming, not both")
+    config = AdaptConfig() if args.max_updates is None else AdaptConfig(max_updates=args.max_updates)
+    try:
+        base = resolve_model(args.model, "streaming" if args.streaming else "offline")
+        result = adapt_to_file(base, args.source, args.out, config)
+    except (AudioError, AdaptError) as err:  # the recordings, not the command line, are at fault
+        return _fail(err, 1)
+    except (CheckpointError, ValueError, OSError) as err:
+        return _fail(err)
+    before, after = result.held_out["before"], result.held_out["after"]
+    print(f"wrote {args.out}: {result.steps} updates in {result.seconds / 60:.1f} min; held-out greedy WER "
+          f"{before['wer']:.3f} -> {after['wer']:.3f}, CER {before['cer']:.3f} -> {after['cer']:.3f}", file=sys.stderr)
     return 0
 
 
