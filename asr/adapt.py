@@ -54,14 +54,14 @@ class AdaptConfig:
     """
 
     layers: str = "all"  # all | top | lhuc
-    lr: float = 3e-4
-    max_updates: int = 100
-    batch_seconds: float = 60.0  # audio per update
+    lr: float = 1e-3
+    max_updates: int = 200
+    batch_seconds: float = 30.0  # audio per update
     eval_every: int = 10  # updates between held-out scores
     patience: int = 3  # held-out scores without a better one before stopping
     kl_weight: float = 0.0  # KL(base || adapted) per frame: keep the output close to the base model's
     l2sp_weight: float = 0.0  # squared distance to the base weights (L2-SP, Li et al. 2018)
-    augment: bool = True  # speed 0.9/1.1 copies, SpecAugment, VTLP and dropout as in training
+    augment: bool = False  # speed 0.9/1.1 copies, SpecAugment, VTLP and dropout as in training
     held_out: float = 0.15  # share of the recordings kept out of training to choose the best point
     seed: int = 0
 

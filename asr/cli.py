@@ -928,7 +928,7 @@ def _add_adapt(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="the adapted checkpoint to write")
     p.add_argument("--model", help="checkpoint to adapt (default: the embedded offline model)")
     p.add_argument("--streaming", action="store_true", help="adapt the embedded streaming model (for asr stream, serve)")
-    p.add_argument("--max-updates", type=_positive_int, metavar="N", help="most updates (default: 100; docs/adapt.md)")
+    p.add_argument("--max-updates", type=_positive_int, metavar="N", help="most updates (default: 200; docs/adapt.md)")
     p.set_defaults(func=_adapt)
 
 
