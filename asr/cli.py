@@ -938,7 +938,10 @@ def _record(args: argparse.Namespace) -> int:
 
     try:
         if args.list_devices:
-            for d in list_input_devices():
+            devices = list_input_devices()
+            if not devices:
+                raise MicrophoneError("no audio input device found")
+            for d in devices:
                 print(f"{'*' if d.is_default else ' '} {d.index}: {d.name} ({d.channels} ch, {d.default_rate} Hz)")
             return 0
         prompts = read_prompts(args.prompts)

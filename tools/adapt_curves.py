@@ -46,9 +46,20 @@ def clips(part: str) -> list[dict]:
                   key=lambda e: e["id"])
 
 
+def folder_utterances(folder: str) -> list[dict]:
+    """A folder of NAME.wav + NAME.txt (what `asr record` writes), in name order."""
+    from asr.adapt import find_recordings
+    from asr.audio import audio_duration
+    from asr.text import ALPHABET
+
+    return [{"id": r.id, "audio": r.audio, "text": r.text, "duration": audio_duration(r.audio)}
+            for r in find_recordings(folder, ALPHABET)]
+
+
 def speaker_sets(speaker: str, test_minutes: float) -> tuple[list[dict], list[dict]]:
-    """(adaptation pool, test set) of one `adapt` speaker."""
-    utts = [e for e in clips("adapt") if e["speaker"] == speaker]
+    """(adaptation pool, test set) of one `adapt` speaker, or of a folder of recordings."""
+    utts = folder_utterances(speaker) if Path(speaker).is_dir() else \
+        [e for e in clips("adapt") if e["speaker"] == speaker]
     test, pool, seconds = [], [], 0.0
     for i, e in enumerate(utts):
         if i % 4 == 0 and seconds < test_minutes * 60:
@@ -90,7 +101,8 @@ def wer(model: Path, entries: list[dict], greedy: bool) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--speaker", required=True)
+    parser.add_argument("--speaker", required=True, help="a librispeech_clips `adapt` speaker, or a folder of "
+                        "NAME.wav + NAME.txt recordings of one voice")
     parser.add_argument("--minutes", type=float, nargs="+", default=[0, 2, 5])
     parser.add_argument("--test-minutes", type=float, default=5.0)
     parser.add_argument("--streaming", action="store_true", help="adapt the embedded streaming model")
