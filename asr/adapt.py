@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import math
 import os
 import random
 import sys
@@ -140,7 +139,6 @@ class _Features:
         # the model hears half of its training silence padding on each side, as Transcriber gives it
         self.edge = int(training.get("data", {}).get("augment", {}).get("pad_s", 0.0) / 2 * SAMPLE_RATE)
         self.items: list[tuple[torch.Tensor, torch.Tensor]] = []  # (frames, n_mels), token ids
-        self.speeds = speeds
         self.tokenizer = ckpt.tokenizer
         stride = ckpt.model_config.get("time_stride", 4)
         for r in recordings:
