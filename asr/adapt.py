@@ -38,6 +38,11 @@ MIN_RECORDINGS = 6
 RECOMMENDED = "2 to 30 minutes are recommended"
 
 
+# the offline BiLSTM moved furthest at 1e-3; the streaming GRU got worse on new sentences at
+# 1e-3 and better at 3e-4 (docs/adapt.md)
+LEARNING_RATES = {"blstm_ctc": 1e-3, "streaming_gru": 3e-4}
+
+
 class AdaptError(ValueError):
     """Recordings that cannot adapt a model (one-line message naming the file or the shortfall)."""
 
@@ -53,7 +58,7 @@ class AdaptConfig:
     """
 
     layers: str = "all"  # all | top | lhuc
-    lr: float = 1e-3
+    lr: float | None = None  # None: LEARNING_RATES for the model's kind
     max_updates: int = 200
     batch_seconds: float = 30.0  # audio per update
     eval_every: int = 10  # updates between held-out scores
@@ -264,6 +269,8 @@ def adapt(
     for p in params:
         p.requires_grad_(True)
     anchors = [p.detach().clone() for p in params] if config.l2sp_weight > 0 else None
+    if config.lr is None:
+        config = dataclasses.replace(config, lr=LEARNING_RATES.get(ckpt.model_name, 1e-3))
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     refs = [r.text for r in held]
 

@@ -200,3 +200,16 @@ def test_adapt_verb_then_transcribe(small_model, voice_dir, tmp_path):
     assert load_checkpoint(out).metadata["provenance"]["recordings"] == str(folder)
     result = run_asr("transcribe", "--model", str(out), str(voice_dir / "take00.wav"))
     assert result.returncode == 0 and result.stdout.startswith(f"{voice_dir / 'take00.wav'}\t"), result.stderr
+
+
+@pytest.mark.parametrize("name, lr", [("blstm_ctc", 1e-3), ("streaming_gru", 3e-4)])
+def test_default_learning_rate_follows_the_model(voice_dir, tmp_path, monkeypatch, name, lr):
+    from asr.checkpoint import save_checkpoint
+    from asr.text import Tokenizer
+
+    monkeypatch.setattr(asr.adapt, "MIN_SECONDS", 10.0)
+    path = tmp_path / f"{name}.pt"
+    save_checkpoint(path, build_model(name, {"hidden_size": 16, "num_layers": 1}, verbose=False), name, Tokenizer())
+    result = adapt(path, voice_dir, AdaptConfig(max_updates=1, eval_every=1))
+    assert result.checkpoint.metadata["provenance"]["method"]["lr"] == lr
+    assert result.checkpoint.model_name == name

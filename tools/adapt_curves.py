@@ -112,8 +112,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help="torch threads (default: one per core; on a shared machine 1 is much faster)")
     for f in dataclasses.fields(AdaptConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default) if f.type != "bool" else
-                            lambda s: s.lower() in ("1", "true", "yes"), default=f.default)
+        kind = {"bool": lambda s: s.lower() in ("1", "true", "yes"), "float | None": float}.get(f.type, type(f.default))
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = AdaptConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AdaptConfig)})
