@@ -917,8 +917,8 @@ def _add_adapt(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--prompts", metavar="FILE", help="your own prompts, one per line (default: the shipped list of "
                    "200 English sentences)")
     p.add_argument("--count", type=_positive_int, metavar="N", help="stop after N prompts (default: all)")
-    p.add_argument("--device", metavar="NAME|INDEX", help="input device (default: the system's default input)")
-    p.add_argument("--list-devices", action="store_true", help="list the input devices and exit")
+    p.add_argument("--device", metavar="NAME|INDEX", help="input device (default: the system's default input; "
+                   "asr stream --list-devices lists them)")
     p.set_defaults(func=_record)
 
     p = verbs.add_parser("adapt", help="fine-tune a model to one voice from a folder of transcribed recordings "
@@ -933,17 +933,10 @@ def _add_adapt(verbs: argparse._SubParsersAction) -> None:
 
 
 def _record(args: argparse.Namespace) -> int:
-    from asr.audio import Microphone, MicrophoneError, list_input_devices
+    from asr.audio import Microphone, MicrophoneError
     from asr.record import PromptError, read_prompts, run_session
 
     try:
-        if args.list_devices:
-            devices = list_input_devices()
-            if not devices:
-                raise MicrophoneError("no audio input device found")
-            for d in devices:
-                print(f"{'*' if d.is_default else ' '} {d.index}: {d.name} ({d.channels} ch, {d.default_rate} Hz)")
-            return 0
         prompts = read_prompts(args.prompts)
         device = int(args.device) if args.device and args.device.isdigit() else args.device
         mic = Microphone(device, chunk_seconds=0.05)

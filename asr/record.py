@@ -76,7 +76,7 @@ def take_problems(audio: torch.Tensor, config: RecordConfig) -> list[str]:
     """What is wrong with a take, as advice (empty: nothing)."""
     levels = frame_levels(audio)
     if not len(levels) or levels.max() < config.speech_db:
-        return ["heard nothing: is the microphone on and selected (asr record --list-devices)?"]
+        return ["heard nothing: is the microphone on and selected (asr stream --list-devices)?"]
     problems = []
     if int((audio.abs() >= config.clip_level).sum()) > config.clip_samples:
         problems.append("clipped: speak softer, move back or lower the input gain")
