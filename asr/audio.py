@@ -23,6 +23,7 @@ import torchaudio.functional as AF
 import torchaudio.transforms as T
 
 SAMPLE_RATE = 16000
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")  # what a folder of recordings is searched for
 
 
 class AudioError(RuntimeError):
@@ -379,3 +380,8 @@ def restore_native_stderr() -> None:
     global _quiet_depth
     _quiet_depth = 0
     _restore_stderr()
+
+
+def audio_files(directory: str | os.PathLike) -> list[Path]:
+    """Audio files under ``directory`` (recursively, by extension), sorted."""
+    return sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())

@@ -9,6 +9,7 @@ train          cache-audio, compute-cmvn, train, average, compact
 decode         decode (a manifest -> hypotheses), score
 lm             lm, lexicon, tune-lm, attach-lm
 export         checkpoint -> ONNX / TorchScript
+adapt          record, adapt: a personal model for one voice
 =============  ======================================================
 """
 
@@ -18,10 +19,10 @@ import argparse
 import os
 import sys
 
-from asr.cli import decode, export, lm, prepare, serve, stream, train, transcribe
+from asr.cli import adapt, decode, export, lm, prepare, serve, stream, train, transcribe
 from asr.cli.common import fail
 
-VERB_MODULES = (transcribe, stream, serve, prepare, train, decode, lm, export)
+VERB_MODULES = (transcribe, stream, serve, prepare, train, decode, lm, export, adapt)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,9 +7,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from asr.audio import AUDIO_EXTENSIONS, audio_files
 from asr.data.manifest import read_manifest
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
 
 
 @dataclass
@@ -24,11 +24,6 @@ class Input:
     @property
     def stem(self) -> str:
         return self.id or Path(self.audio).stem
-
-
-def audio_files(directory: str | os.PathLike) -> list[Path]:
-    """Audio files under ``directory`` (recursively, by extension), sorted."""
-    return sorted(p for p in Path(directory).rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
 
 
 def collect_inputs(names: list[str], manifest: str | None) -> tuple[list[Input], list[str]]:
