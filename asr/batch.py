@@ -8,12 +8,12 @@ and each session's :class:`~asr.endpoint.Endpointer` decodes its own log-probs, 
 endpoints and keeps its own search, as when it runs alone.
 
 The streams of a batch are stepped by the same number of features from states of the same
-shape. Output frame ``j`` of an utterance needs its features up to ``time_stride * j``, so a
-:class:`Lane` steps ``1 + time_stride * k`` features in all, as many as give whole output
-frames, and keeps the rest for later: the model's outputs come as early as for the stream
-alone, with the same values (up to float rounding in the batched products), and after the
-first step of an utterance every lane's state has the same shape. A stream's transcript does
-not depend on the other streams, nor on whether it is batched at all.
+shape. Each :class:`Lane` steps the features that its stepper can step whole
+(``stepper.steppable``: the PyTorch model, those that give whole output frames; an exported
+graph, whole chunks) and keeps the rest for later, so the model's outputs come as early as for
+the stream alone, with the same values (up to float rounding in the batched products), and the
+states of streams in the same phase stack (``stepper.shapes``, ``stack``, ``split``). A
+stream's transcript does not depend on the other streams, nor on whether it is batched at all.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import torch
 
 from asr.audio import SAMPLE_RATE, StreamResampler
 from asr.features import StreamingLogMel
-from asr.streaming import Event, Recognizer
+from asr.endpoint import Event, StreamingSession
+from asr.streaming import Recognizer
 
 
 @dataclass(eq=False)  # a lane is itself, not its contents: a key for its stream
@@ -38,7 +39,7 @@ class Lane:
     """One stream's place in the batches: its session and the features it has not stepped yet
     (the endpointer has them all: at an endpoint, its replay holds those too)."""
 
-    session: Recognizer
+    session: StreamingSession  # a Recognizer, or an asr.runtime.StreamingRecognizer
     feats: np.ndarray = field(init=False)  # (frames, n_mels)
     stepped: int = 0  # features stepped since the utterance's start
     events: list[Event] = field(default_factory=list)  # not yet taken by the caller
@@ -95,11 +96,10 @@ class Stepped:
 class Batcher:
     """Steps lanes in batches of at most ``max_batch`` (1: each stream alone, as a reference)."""
 
-    def __init__(self, recognizer: Recognizer, max_batch: int) -> None:
+    def __init__(self, recognizer: StreamingSession, max_batch: int) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.stepper = recognizer.stepper
-        self.stride = recognizer.endpointer.timing.stride
         self.max_batch = max_batch
 
     def step(self, lanes: list[Lane]) -> list[Stepped]:
@@ -109,8 +109,7 @@ class Batcher:
         :meth:`Lane.consume` (on another thread, for a slow search)."""
         groups = defaultdict(list)
         for lane in lanes:
-            total = lane.stepped + len(lane.feats)
-            if frames := (1 + self.stride * ((total - 1) // self.stride) - lane.stepped if total else 0):
+            if frames := self.stepper.steppable(lane.stepped, len(lane.feats)):
                 groups[frames, self.stepper.shapes(lane.session.state)].append(lane)
         stepped = []
         for (frames, _), group in groups.items():

@@ -56,6 +56,14 @@ class TorchStepper:
 
     # several streams stepped at once (asr.batch): their states stacked into one, and split after
 
+    def steppable(self, stepped: int, waiting: int) -> int:
+        """Of ``waiting`` features after ``stepped`` in the utterance, those to step now: ``1 +
+        time_stride * k`` in all, as many as give whole output frames (output frame ``j`` needs
+        the features up to ``time_stride * j``), so that the outputs come as early as when
+        stepping every feature, and after the utterance's first step all states stack."""
+        total, stride = stepped + waiting, self.model.config.time_stride
+        return 1 + stride * ((total - 1) // stride) - stepped if total else 0
+
     @staticmethod
     def shapes(state: StreamingState) -> tuple:
         """What must agree for states to stack: their tensors' shapes."""

@@ -37,8 +37,8 @@ def finals(events) -> list[tuple[str, float, float]]:
     return [(e.text, e.start, e.end) for e in events if e.kind == "final"]
 
 
-def alone(recognizer: Recognizer, audio: torch.Tensor, chunks: list[int]):
-    session, events, start = recognizer.new_session(), [], 0
+def alone(session, audio: torch.Tensor, chunks: list[int]):
+    events, start = [], 0
     for size in chunks:
         events += session.accept_audio(audio[start : start + size])
         start += size
@@ -80,33 +80,46 @@ def test_batched_step_gives_each_stream_its_own_log_probs(tiny_streaming_checkpo
         assert np.array_equal(single.argmax(-1), row.argmax(-1))
 
 
-@pytest.mark.parametrize("max_batch", [4, 1])
-def test_interleaved_streams_get_the_finals_they_get_alone(tiny_streaming_checkpoint, max_batch):
+@pytest.mark.parametrize("runtime, max_batch", [("torch", 4), ("torch", 1), ("onnx", 4)])
+def test_interleaved_streams_get_the_finals_they_get_alone(tiny_streaming_checkpoint, runtime, max_batch, tmp_path):
     """Six streams of different lengths join at different times, in chunks of random sizes,
-    one leaves mid-stream: each remaining stream's finals (text, start, end) are its own alone."""
-    recognizer = Recognizer(tiny_streaming_checkpoint.path, greedy=True)
+    one leaves mid-stream: each remaining stream's finals (text, start, end) are its own alone,
+    with the PyTorch model and with its ONNX export."""
+    if runtime == "torch":
+        recognizer = Recognizer(tiny_streaming_checkpoint.path, greedy=True)
+        new_session = recognizer.new_session
+    else:
+        pytest.importorskip("onnxruntime")
+        from asr.export import export_checkpoint
+        from asr.runtime import ExportedModel, StreamingRecognizer
+
+        export_checkpoint(tiny_streaming_checkpoint.path, tmp_path / "export")
+        exported = ExportedModel(tmp_path / "export")
+        recognizer = StreamingRecognizer(exported)
+        new_session = lambda: StreamingRecognizer(exported)  # noqa: E731
     rng = random.Random(max_batch)
     audios = utterances(tiny_streaming_checkpoint, rng, 6)
     chunks = [chunk_sizes(rng, len(a)) for a in audios]
-    expected = [finals(alone(recognizer, a, c)) for a, c in zip(audios, chunks)]
+    expected = [finals(alone(new_session(), a.numpy(), c)) for a, c in zip(audios, chunks)]
     assert sum(len(e) for e in expected) >= 6 and all(text for e in expected for text, _, _ in e)
 
     batcher = Batcher(recognizer, max_batch)
     sizes = []  # streams per call of the model
     stepper = batcher.stepper
     batcher.stepper = SimpleNamespace(step=lambda feats, state: (sizes.append(len(feats)), stepper.step(feats, state))[1],
-                                      stack=stepper.stack, split=stepper.split, shapes=stepper.shapes)
+                                      stack=stepper.stack, split=stepper.split, shapes=stepper.shapes,
+                                      steppable=stepper.steppable)
     lanes: dict[int, Lane] = {}
     taken = {n: 0 for n in range(len(audios))}
     got, joined, rounds = {}, 0, 0
     while len(got) < len(audios):
         if joined < len(audios) and (rounds % 3 == 0 or not lanes):
-            lanes[joined] = Lane(recognizer.new_session())
+            lanes[joined] = Lane(new_session())
             joined += 1
         for n, lane in lanes.items():
             if taken[n] < len(chunks[n]):
                 start = sum(chunks[n][: taken[n]])
-                lane.accept_audio(audios[n][start : start + chunks[n][taken[n]]])
+                lane.accept_audio(audios[n][start : start + chunks[n][taken[n]]].numpy())
                 taken[n] += 1
         if rounds == 12:  # stream 1 leaves mid-stream: dropped, as a server drops a closed connection
             del lanes[1]
@@ -137,7 +150,7 @@ def test_streams_stepped_by_groups_get_their_own_events(tiny_streaming_checkpoin
     rng = random.Random(7)
     audios = utterances(tiny_streaming_checkpoint, rng, 4)
     chunks = [chunk_sizes(rng, len(a)) for a in audios]
-    expected = [finals(alone(recognizer, a, c)) for a, c in zip(audios, chunks)]
+    expected = [finals(alone(recognizer.new_session(), a, c)) for a, c in zip(audios, chunks)]
 
     async def feed(streams: Streams, n: int) -> list:
         await asyncio.sleep(0.05 * n)  # they join one after another

@@ -91,13 +91,15 @@ async def peak_rss(pid: int, stop: asyncio.Event, period: float = 0.2) -> int:
     return max(peak, rss_bytes(pid))
 
 
-async def one_stream(url: str, pcm: bytes, chunk_bytes: int, start_at: float) -> StreamResult:
-    """One client; a stream the server refuses or drops counts by its close code (None: no close)."""
+async def one_stream(url: str, pcm: bytes, chunk_bytes: int, start_at: float, limit: float) -> StreamResult:
+    """One client, given up ``limit`` seconds after its start (the server is far behind); a stream
+    the server refuses, drops or does not finish in time counts by its close code (None: no close)."""
     result = StreamResult()
     try:
-        await _one_stream(url, pcm, chunk_bytes, start_at, result)
-    except (aiohttp.ClientError, ConnectionError) as err:
+        await asyncio.wait_for(_one_stream(url, pcm, chunk_bytes, start_at, result), limit)
+    except (aiohttp.ClientError, ConnectionError, asyncio.TimeoutError) as err:
         print(f"a stream failed: {err!r}", file=sys.stderr)
+        result.close_code = None
     return result
 
 
@@ -138,14 +140,16 @@ async def _one_stream(url: str, pcm: bytes, chunk_bytes: int, start_at: float, r
     result.tail = max(0.0, last_final - sent[-1]) if last_final else 0.0
 
 
-async def run_level(url: str, pid: int, pcm: bytes, k: int, chunk_bytes: int, seed: int) -> dict:
+async def run_level(url: str, pid: int, pcm: bytes, k: int, chunk_bytes: int, seed: int, max_tail: float) -> dict:
     rng = random.Random(seed)
     chunk_seconds = chunk_bytes / 2 / 16000
     start = time.perf_counter() + 1.0  # the connections open first
     rss0, done = rss_bytes(pid), asyncio.Event()
     memory = asyncio.create_task(peak_rss(pid, done))
     cpu0, wall0 = cpu_seconds([pid]), time.perf_counter()
-    results = await asyncio.gather(*(one_stream(url, pcm, chunk_bytes, start + rng.uniform(0, chunk_seconds)) for _ in range(k)))
+    limit = 2.0 + len(pcm) / 32000 + max_tail
+    results = await asyncio.gather(*(one_stream(url, pcm, chunk_bytes, start + rng.uniform(0, chunk_seconds), limit)
+                                     for _ in range(k)))
     cpu, wall = cpu_seconds([pid]) - cpu0, time.perf_counter() - wall0
     done.set()
     rss = await memory
@@ -177,6 +181,9 @@ def main() -> int:
     parser.add_argument("--workers", type=int, help="asr serve --workers (default: its own, the cores)")
     parser.add_argument("--max-batch", type=int, metavar="N",
                         help="asr serve --max-batch: streams stepped in one model call (1: each alone; default: its own)")
+    parser.add_argument("--max-tail", type=float, default=60.0,
+                        help="seconds after its audio that a stream still waiting for its last final is given up "
+                             "(counted behind; bounds a level's time, default: 60)")
     parser.add_argument("--behind-s", type=float, default=1.0,
                         help="a stream whose last final comes later than this after its audio fell behind (default: 1)")
     args = parser.parse_args()
@@ -223,9 +230,9 @@ def main() -> int:
               "| memory/stream KiB | client lag ms |")
         print("|---|---|---|---|---|---|---|---|---|")
         # one short stream first: the server's first stream allocates what every later one reuses
-        asyncio.run(run_level(url, server.pid, pcm[: 2 * SAMPLE_RATE], 1, chunk_bytes, seed=-1))
+        asyncio.run(run_level(url, server.pid, pcm[: 2 * SAMPLE_RATE], 1, chunk_bytes, seed=-1, max_tail=args.max_tail))
         for n, k in enumerate(args.streams):
-            row = asyncio.run(run_level(url, server.pid, pcm, k, chunk_bytes, seed=n))
+            row = asyncio.run(run_level(url, server.pid, pcm, k, chunk_bytes, seed=n, max_tail=args.max_tail))
             behind = sum(t > args.behind_s for t in row["tails"]) + sum(c != 1000 for c in row["closed"])
             print(f"| {k} | {row['p50'] * 1000:.0f} | {row['p95'] * 1000:.0f} | {row['rtf']:.3f} | {row['cores']:.2f} "
                   f"| {behind} of {k} | {row['rss'] / 2**20:.0f} | {row['per_stream'] / 1024:.0f} | {row['lag'] * 1000:.0f} |",
