@@ -71,6 +71,21 @@ class StreamResult:
     close_code: int | None = None
 
 
+def start_serve(model: str, options: list[str]) -> tuple[subprocess.Popen, str | None]:
+    """``python -m asr serve`` on 127.0.0.1 (a free port) with ``model`` for both routes and
+    ``options``: the process and its base URL, once it listens (None, said why, if it did not start)."""
+    command = [sys.executable, "-m", "asr", "serve", "--model", model, "--offline-model", model,
+               "--host", "127.0.0.1", "--port", "0", *options]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    line = server.stdout.readline()
+    if match := re.match(r"asr serve: (http://\S+?)/ ", line):
+        return server, match.group(1)
+    print(f"error: asr serve did not start ({line.strip()!r})", file=sys.stderr)
+    server.terminate()
+    server.wait(timeout=30)
+    return server, None
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of a live process (Linux /proc)."""
     for line in open(f"/proc/{pid}/status"):
@@ -210,19 +225,13 @@ def main() -> int:
     pcm = (audio.clamp(-1, 1) * 32767).numpy().astype("<i2").tobytes()
     chunk_bytes = args.chunk_ms * 16 * 2
 
-    command = [sys.executable, "-m", "asr", "serve", "--model", model, "--port", "0", "--host", "127.0.0.1",
-               "--max-streams", str(max(args.streams)), "--offline-model", model]
-    command += [] if args.lm else ["--greedy"]
-    command += ["--workers", str(args.workers)] if args.workers else []
-    command += ["--max-batch", str(args.max_batch)] if args.max_batch else []
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    options = ["--max-streams", str(max(args.streams))] + ([] if args.lm else ["--greedy"])
+    options += ["--workers", str(args.workers)] if args.workers else []
+    options += ["--max-batch", str(args.max_batch)] if args.max_batch else []
+    server, url = start_serve(model, options)
+    if url is None:
+        return 1
     try:
-        line = server.stdout.readline()
-        match = re.match(r"asr serve: (http://\S+?)/ ", line)
-        if not match:
-            print(f"error: asr serve did not start ({line.strip()!r})", file=sys.stderr)
-            return 1
-        url = match.group(1)
         print(f"model: {label}; decoding: {'the model' + chr(39) + 's own (LM)' if args.lm else 'greedy'}; "
               f"{args.seconds:g} s per stream in {args.chunk_ms} ms frames; {os.cpu_count()} cores; "
               f"max batch: {args.max_batch or 'the server' + chr(39) + 's default'}; load average before: {os.getloadavg()[0]:.2f}")

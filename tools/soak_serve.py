@@ -33,14 +33,13 @@ import json
 import os
 import random
 import re
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 
 import aiohttp
 import numpy as np
-from bench_serve import rss_bytes  # tools/ is on sys.path when a tool runs as a script
+from bench_serve import rss_bytes, start_serve  # tools/ is on sys.path when a tool runs as a script
 
 MAX_FRAME_BYTES = 1 << 16
 WELL_BEHAVED = {"good": 6, "pausing": 2}
@@ -345,21 +344,16 @@ def main() -> int:
     pairs = [torch.cat([a, b]) for a, b in zip(singles, singles[1:] + singles[:1])] if len(singles) > 1 else []
     clips = [(audio.clamp(-1, 1) * 32767).numpy().astype("<i2").tobytes() for audio in singles + pairs]
 
-    command = [sys.executable, "-m", "asr", "serve", "--model", model, "--offline-model", model, "--host", "127.0.0.1",
-               "--port", "0", "--max-streams", str(args.clients + 8), "--max-frame-bytes", str(MAX_FRAME_BYTES),
-               "--idle-timeout", str(args.idle_timeout), *args.serve_args.split()]
-    command += [] if args.lm else ["--greedy"]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    options = ["--max-streams", str(args.clients + 8), "--max-frame-bytes", str(MAX_FRAME_BYTES),
+               "--idle-timeout", str(args.idle_timeout), *args.serve_args.split()] + ([] if args.lm else ["--greedy"])
     began = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    server, url = start_serve(model, options)
+    if url is None:
+        return 1
     try:
-        line = server.stdout.readline()
-        match = re.match(r"asr serve: (http://\S+?)/ ", line)
-        if not match:
-            print(f"error: asr serve did not start ({line.strip()!r})", file=sys.stderr)
-            return 1
         print(f"soak: {args.minutes:g} min from {began}, seed {args.seed}, {args.clients} clients at a time, "
-              f"{len(clips)} clips at {args.speed:g}x real time; {' '.join(command[2:])}", flush=True)
-        tally, extra = asyncio.run(soak(match.group(1), server.pid, clips, args))
+              f"{len(clips)} clips at {args.speed:g}x real time; asr serve --model {model} {' '.join(options)}", flush=True)
+        tally, extra = asyncio.run(soak(url, server.pid, clips, args))
         alive = server.poll() is None
     finally:
         server.terminate()
