@@ -370,6 +370,9 @@ def main() -> int:
         "faults": len(tally.outcomes) - len(well), "by_kind": dict(sorted(kinds.items())), "busy": tally.busy,
         "failures": [f"{o.kind}: {o.detail}" for o in failed],
         "memory_mib": {name: round(value, 1) for name, value in memory.items()},
+        # the server's memory at each tenth of the run: a leak grows steadily, an allocator levels off
+        "memory_timeline_mib": [round(next((rss for t, rss in tally.rss if t >= args.minutes * 6 * tenth),
+                                           tally.rss[-1][1]) / 2**20, 1) for tenth in range(11)],
         "health_ok": tally.health_ok, "health_failed": tally.health_failed,
         "streams_open_at_end": extra["health_at_end"]["streams"], "server_alive": alive,
     }
@@ -378,6 +381,7 @@ def main() -> int:
     print("by kind: " + ", ".join(f"{kind} {count}" for kind, count in report["by_kind"].items()))
     print(f"server memory (RSS, MiB): {memory['initial']:.0f} after the clips alone, {memory['warm']:.0f} warm "
           f"(a tenth into the run), {memory['end']:.0f} at the end, {memory['peak']:.0f} at the peak")
+    print("server memory at each tenth of the run (MiB): " + " ".join(f"{m:.0f}" for m in report["memory_timeline_mib"]))
     print(f"/health: {tally.health_ok} answered, {tally.health_failed} failed; streams open at the end: "
           f"{report['streams_open_at_end']}; server alive at the end: {alive}")
     for failure in report["failures"][:20]:
