@@ -131,9 +131,9 @@ class Batcher:
 
 
 class _ArrivalClock:
-    """A session's clock. Its first reading in :meth:`~asr.endpoint.Endpointer.audio_arrived` stamps the chunk's
-    arrival: when the newest frame of the chunk came off the socket, not when a thread got to
-    it, so that event latencies include the time the audio waited for its step."""
+    """A session's clock. Its first reading in :meth:`~asr.endpoint.Endpointer.audio_arrived`
+    stamps the chunk's arrival: when the newest frame of the chunk came off the socket, not when
+    a thread got to it, so that event latencies include the time the audio waited for its step."""
 
     def __init__(self) -> None:
         self.arrival: float | None = None
@@ -265,7 +265,7 @@ class Streams:
             await group.wake.wait()
             group.wake.clear()
             work = [(stream, stream._take()) for stream in group.streams if not stream.busy and not stream.done
-                    and (stream.blocks or stream.end or stream.lane.feats.shape[1])]
+                    and (stream.blocks or stream.end or len(stream.lane.feats))]
             if not work:
                 continue
             try:
@@ -307,7 +307,6 @@ class Streams:
         to_search, finished = [], []
         while stepped := group.batcher.step(list(lanes)):
             for s in stepped:
-                stream = lanes[s.lane]
                 if self.searching:  # not stepped again before its search is done
                     to_search.append((lanes.pop(s.lane), s.log_probs))
                     continue
