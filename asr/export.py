@@ -14,7 +14,8 @@ log-probs ``(batch, frames', vocab)`` + lengths, as ``forward``; both axes are d
 The streaming model is exported as its step function over a fixed chunk of ``chunk_frames``
 feature frames (a multiple of the time stride): the convolution caches, GRU state and
 look-ahead buffer are explicit inputs and outputs that the caller carries from chunk to
-chunk (:class:`StreamingStep`). In fp32 each GRU layer is ONNX's GRU op; for int8 the fixed
+chunk (:class:`StreamingStep`); the batch axis is dynamic, so that a server steps many
+streams in one call. In fp32 each GRU layer is ONNX's GRU op; for int8 the fixed
 chunk lets the recurrence be unrolled into plain matrix products, which onnxruntime's dynamic
 quantization turns into int8 ones (it has no int8 GRU); the input projection of all a chunk's
 frames is one product.
@@ -53,12 +54,13 @@ class ExportConfig:
 class StreamingStep(nn.Module):
     """:meth:`StreamingGRUCTC.step` with fixed shapes and the state as tensors, for export.
 
-    Inputs: features ``(1, chunk_frames, n_mels)``, ``valid`` ``(1,)`` int64 (output frames of this
-    chunk that are real: ``chunk_frames // stride`` except in the last, zero-padded chunk), and the
-    state: ``conv1`` ``(1, 1, 2, n_mels)``, ``conv2`` ``(1, channels, 2, bins)``, ``hidden``
-    ``(layers, 1, hidden)``, ``lookahead`` ``(1, lookahead, hidden)``, all zeros at the start.
+    Inputs: features ``(batch, chunk_frames, n_mels)``, ``valid`` ``(batch,)`` int64 (output frames
+    of this chunk that are real: ``chunk_frames // stride`` except in the last, zero-padded chunk),
+    and the state: ``conv1`` ``(batch, 1, 2, n_mels)``, ``conv2`` ``(batch, channels, 2, bins)``,
+    ``hidden`` ``(layers, batch, hidden)``, ``lookahead`` ``(batch, lookahead, hidden)``, all zeros
+    at the start (``state_shapes`` gives them for batch 1).
 
-    Outputs: ``log_probs`` ``(1, chunk_frames // stride, vocab)`` and the new state. The
+    Outputs: ``log_probs`` ``(batch, chunk_frames // stride, vocab)`` and the new state. The
     look-ahead buffer starts as ``lookahead`` zero frames instead of none, so the first
     ``lookahead`` output frames of a stream are not the utterance's and the caller drops them;
     from then on output frame ``k`` is stream frame ``k - lookahead``. GRU outputs past ``valid``
@@ -97,22 +99,22 @@ class StreamingStep(nn.Module):
 
     def forward(self, feats, valid, conv1, conv2, hidden, lookahead):
         model = self.model
-        x = model.cmvn(feats).unsqueeze(1)  # (1, 1, frames, mels)
+        x = model.cmvn(feats).unsqueeze(1)  # (batch, 1, frames, mels)
         caches = []
         for conv, left in zip(model.subsampling.convs, (conv1, conv2)):
             x = torch.cat([left, x], dim=2)
             # a chunk that is a multiple of the strides consumes all but the last KERNEL - 1 frames
             caches.append(x[:, :, x.shape[2] - (KERNEL - 1) :])
             x = torch.relu(conv(x))
-        # (frames', 1, out_dim) through the GRU layers: the layout of ONNX's GRU op, so that no
+        # (frames', batch, out_dim) through the GRU layers: the layout of ONNX's GRU op, so that no
         # reshaping sits between them (each small node costs a streaming step time)
         x = model.subsampling.flatten(x).transpose(0, 1)
         states = []
         for layer in range(model.encoder.rnn.num_layers):
             x, h = self._gru_layer(x, hidden[layer : layer + 1], layer)
             states.append(h)
-        mask = (torch.arange(self.outputs) < valid).to(x.dtype)[:, None, None]
-        x = (x * mask).transpose(0, 1)  # (1, frames', hidden)
+        mask = (torch.arange(self.outputs)[:, None] < valid).to(x.dtype)[:, :, None]  # (frames', batch, 1)
+        x = (x * mask).transpose(0, 1)  # (batch, frames', hidden)
         x = torch.cat([lookahead, x], dim=1)
         look = model.config.lookahead
         waiting = x[:, x.shape[1] - look :]
@@ -120,11 +122,11 @@ class StreamingStep(nn.Module):
         return log_probs, caches[0], caches[1], torch.cat(states), waiting
 
     def _gru_layer(self, x: torch.Tensor, h: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """One GRU layer over ``(frames, 1, input)`` from state ``(1, 1, hidden)``, then the
+        """One GRU layer over ``(frames, batch, input)`` from state ``(1, batch, hidden)``, then the
         model's layer norm and residual if it has them."""
         if self.unroll:
-            y, h = self._unrolled_gru(x[:, 0], h[0], layer)
-            y, h = y[:, None], h[None]
+            y, h = self._unrolled_gru(x, h[0], layer)
+            h = h[None]
         else:
             y, h = self.layers[layer](x, h)
         if self.model.encoder.norms is not None:
@@ -140,17 +142,17 @@ class StreamingStep(nn.Module):
         # transposed once per layer, not per frame: ONNX's constant folding then stores each once
         w_ih, w_hh = getattr(gru, f"weight_ih_l{layer}").t(), getattr(gru, f"weight_hh_l{layer}").t()
         b_hh = getattr(gru, f"bias_hh_l{layer}")
-        gates_x = x @ w_ih + getattr(gru, f"bias_ih_l{layer}")  # (frames, 3 hidden), all frames at once
+        gates_x = x @ w_ih + getattr(gru, f"bias_ih_l{layer}")  # (frames, batch, 3 hidden), all frames at once
         outputs = []
         # one Split per tensor rather than a Slice per gate: fewer, larger graph nodes
         for row in gates_x.split(1, dim=0):
-            x_rz, x_n = row.split([2 * size, size], dim=1)
+            x_rz, x_n = row[0].split([2 * size, size], dim=1)
             h_rz, h_n = (h @ w_hh + b_hh).split([2 * size, size], dim=1)
             r, z = torch.sigmoid(x_rz + h_rz).chunk(2, dim=1)
             n = torch.tanh(x_n + r * h_n)
-            h = n + z * (h - n)  # (1 - z) n + z h
+            h = n + z * (h - n)  # (1 - z) n + z h, (batch, hidden)
             outputs.append(h)
-        return torch.cat(outputs), h
+        return torch.stack(outputs), h
 
 
 STEP_INPUTS = ["feats", "valid", "conv1", "conv2", "hidden", "lookahead"]
@@ -199,7 +201,8 @@ def export_checkpoint(checkpoint: str | os.PathLike | Checkpoint, out_dir: str |
                                  "inputs": STEP_INPUTS, "outputs": STEP_OUTPUTS}
             example = (torch.zeros(1, frames, model.config.n_mels), torch.tensor([step.outputs]),
                        *initial_state(shapes).values())
-            _write_graph(step, example, path, config.format, STEP_INPUTS, STEP_OUTPUTS, dynamic_axes=None)
+            batch_axes = {name: {1 if name.startswith("hidden") else 0: "batch"} for name in STEP_INPUTS + STEP_OUTPUTS}
+            _write_graph(step, example, path, config.format, STEP_INPUTS, STEP_OUTPUTS, dynamic_axes=batch_axes)
         else:
             example = (torch.randn(2, 200, model.config.n_mels), torch.tensor([200, 150]))
             _write_graph(model, example, path, config.format, ["feats", "lengths"], ["log_probs", "out_lengths"],

@@ -257,3 +257,30 @@ class StreamingLogMel:
             feats, _ = self.frontend(audio[None, : (frames - 1) * HOP_LENGTH + WIN_LENGTH])
         self.tail = audio[frames * HOP_LENGTH :]
         return feats
+
+    @staticmethod
+    def accept_audio_many(streams: list[StreamingLogMel], chunks: list[torch.Tensor]) -> list[torch.Tensor]:
+        """:meth:`accept_audio` of each stream's chunk, in one call of the frontend for all (a
+        server's streams): the samples each stream's new frames cover are laid end to end, each
+        stream's starting a whole number of hops after the last one's frames, and the frames
+        that straddle two streams are dropped. A frame's window sees only its own stream's
+        samples, so each stream gets the frames it would get alone.
+
+        Shapes: audio ``(samples,)`` each -> features ``(1, frames, n_mels)`` each."""
+        pieces, spans, offset = [], [], 0  # offset: in hops
+        for stream, chunk in zip(streams, chunks):
+            audio = torch.cat([stream.tail, torch.as_tensor(chunk, dtype=torch.float32, device=stream.tail.device)])
+            frames = num_frames(audio.shape[0])
+            stream.tail = audio[frames * HOP_LENGTH :]
+            spans.append((offset, frames))
+            if frames:
+                # (frames - 1) hops + a window = (frames + 2) hops - 80 samples: padded to whole hops
+                used = audio[: (frames - 1) * HOP_LENGTH + WIN_LENGTH]
+                pieces += [used, used.new_zeros((frames + 2) * HOP_LENGTH - used.shape[0])]
+                offset += frames + 2
+        n_mels = streams[0].n_mels
+        if not pieces:
+            return [torch.zeros(1, 0, n_mels) for _ in streams]
+        with torch.no_grad():
+            feats, _ = streams[0].frontend(torch.cat(pieces)[None])
+        return [feats[:, start : start + frames] for start, frames in spans]

@@ -186,7 +186,7 @@ class OnnxStepper:
     The graph takes fixed chunks of ``chunk_frames``, so features wait in the state until a
     chunk is full; its first ``lookahead`` outputs precede the stream and are dropped
     (asr.export.StreamingStep). The state is the graph's (``hidden`` has the layers first)
-    plus that bookkeeping, every array with the batch first; the graph runs batch 1.
+    plus that bookkeeping, every array with the batch first.
     """
 
     def __init__(self, model: ExportedModel) -> None:
@@ -206,7 +206,7 @@ class OnnxStepper:
 
     def _run(self, feats: np.ndarray, valid: int, state: dict[str, np.ndarray]) -> np.ndarray:
         log_probs, *graph_state = self.model.session.run(
-            None, {"feats": feats, "valid": np.array([valid], np.int64), **{k: state[k] for k in self.graph_state}})
+            None, {"feats": feats, "valid": np.full(len(feats), valid, np.int64), **{k: state[k] for k in self.graph_state}})
         state.update(zip(self.graph_state, graph_state))
         return log_probs
 
@@ -220,7 +220,8 @@ class OnnxStepper:
         return log_probs
 
     def step(self, feats: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """``(1, frames, n_mels)`` -> ``(1, frames', vocab)`` and the new state."""
+        """``(batch, frames, n_mels)`` -> ``(batch, frames', vocab)`` and the new state (streams
+        stepped together: states of the same :meth:`shapes`)."""
         state = dict(state)
         state["frames"] = state["frames"] + feats.shape[1]
         buffer = np.concatenate([state["buffer"], feats], axis=1)
@@ -229,7 +230,29 @@ class OnnxStepper:
             out.append(self._emit(self._run(buffer[:, : self.chunk], self.chunk // self.model.stride, state), state))
             buffer = buffer[:, self.chunk :]
         state["buffer"] = buffer
-        return (np.concatenate(out, axis=1) if out else np.zeros((1, 0, self.vocab), np.float32)), state
+        return (np.concatenate(out, axis=1) if out else np.zeros((len(feats), 0, self.vocab), np.float32)), state
+
+    # several streams stepped at once (asr.batch): their states stacked into one, and split after
+
+    def steppable(self, stepped: int, waiting: int) -> int:
+        """Of ``waiting`` features after ``stepped`` in the utterance, those to step now: whole
+        chunks, so that no features wait in the state and the states of streams stack."""
+        return (stepped + waiting) // self.chunk * self.chunk - stepped
+
+    @staticmethod
+    def shapes(state: dict[str, np.ndarray]) -> tuple:
+        """What must agree for states to stack: their arrays' shapes, and the outputs still to drop."""
+        return tuple(array.shape for array in state.values()) + (int(state["to_drop"][0]),)
+
+    @staticmethod
+    def stack(states: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        return {name: np.concatenate([state[name] for state in states], axis=1 if name == "hidden" else 0)
+                for name in states[0]}
+
+    @staticmethod
+    def split(state: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        return [{name: array[:, i : i + 1] if name == "hidden" else array[i : i + 1] for name, array in state.items()}
+                for i in range(len(state["buffer"]))]
 
     def flush(self, state: dict[str, np.ndarray]) -> np.ndarray:
         """The rest of the utterance ``(1, frames', vocab)``: the buffered features (the chunk padded

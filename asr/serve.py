@@ -21,11 +21,11 @@ The streaming protocol (docs/serve.md has it with examples):
 3. client: ``{"type": "end"}``; server: the last finals, then close 1000.
 
 A stream that breaks the protocol is closed with a code and a one-line reason (:class:`CloseCodes`
-lists them); the others go on untouched. Recognition runs in a thread pool sized to the cores,
-off the event loop: a stream's audio waits in its own queue while its previous audio is being
-recognised and is then taken all at once (a stream that falls behind catches up in bigger steps
-instead of stalling the others). A stream's session is dropped, and its memory freed, when its
-connection ends for whatever reason.
+lists them); the others go on untouched. Recognition runs off the event loop, the streams'
+models stepped in batches (:class:`asr.batch.Streams`): a stream's audio waits in its own queue
+until its group of streams is stepped, and is then taken all at once (a stream that falls behind
+catches up in bigger steps instead of stalling the others). A stream's session is dropped, and
+its memory freed, when its connection ends for whatever reason.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import signal as signal_module
 import sys
 import tempfile
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +45,8 @@ import numpy as np
 import torch
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from asr.audio import SAMPLE_RATE, AudioError, StreamResampler
+from asr.audio import SAMPLE_RATE, AudioError
+from asr.batch import Stream, Streams
 from asr.decoding import BeamSearchOptions
 from asr.streaming import Event, Recognizer
 
@@ -68,7 +68,8 @@ class ServeConfig:
     # (TCP then slows the sender): bounds a stream's memory when a client sends faster than real time
     max_backlog: float = 30.0
     max_upload_bytes: int = 200 << 20  # POST /transcribe bodies (413 above)
-    workers: int = os.cpu_count() or 1  # recognition threads
+    workers: int = os.cpu_count() or 1  # groups of streams stepped in batches, each in a thread; also searches
+    max_batch: int = 128  # streams in one step of the model (1: each stream alone)
     beam: BeamSearchOptions | None = None  # decoding, as for asr stream / asr transcribe
     greedy: bool = False
 
@@ -108,19 +109,6 @@ class _Socket(web.WebSocketResponse):
         return await super().close(code=code, message=message, drain=drain)
 
 
-class _ArrivalClock:
-    """The Recognizer's clock. Its first reading in ``accept_audio`` stamps the chunk's arrival:
-    here, when the newest frame of the chunk came off the socket, not when a worker got to it,
-    so that event latencies include the time the audio waited for a worker."""
-
-    def __init__(self) -> None:
-        self.arrival: float | None = None
-
-    def __call__(self) -> float:
-        arrival, self.arrival = self.arrival, None
-        return time.perf_counter() if arrival is None else arrival
-
-
 @dataclass
 class Hello:
     sample_rate: int
@@ -155,67 +143,6 @@ def event_json(event: Event) -> str:
     }, ensure_ascii=False)
 
 
-class _Stream:
-    """One connection's recognition: its Recognizer session, resampler and clock. Runs in the
-    worker threads, one call at a time (the connection awaits each)."""
-
-    def __init__(self, recognizer: Recognizer, hello: Hello) -> None:
-        self.clock = _ArrivalClock()
-        recognizer.clock = self.clock
-        self.recognizer = recognizer
-        self.resampler = StreamResampler(hello.sample_rate) if hello.sample_rate != SAMPLE_RATE else None
-
-    def run(self, blocks: list[np.ndarray], arrival: float, end: bool) -> list[Event]:
-        audio = torch.from_numpy(np.concatenate(blocks)) if blocks else torch.zeros(0)
-        if self.resampler is not None:
-            audio = self.resampler(audio)
-            if end:  # the resampler holds back its last samples for context: push them out with silence
-                audio = torch.cat([audio, self.resampler(torch.zeros(2 * self.resampler.margin))])
-        events = []
-        if len(audio):
-            self.clock.arrival = arrival
-            events = self.recognizer.accept_audio(audio)
-        if end:
-            events += self.recognizer.finish()
-        return events
-
-
-class _Inbox:
-    """Audio received and not yet recognised, taken all at once; bounded in seconds."""
-
-    def __init__(self, max_samples: int) -> None:
-        self.blocks: list[np.ndarray] = []
-        self.samples = 0
-        self.arrival = 0.0
-        self.end = False
-        self.max_samples = max_samples
-        self.ready = asyncio.Event()  # something to take
-        self.drained = asyncio.Event()  # room for more
-
-    def put(self, block: np.ndarray) -> None:
-        self.blocks.append(block)
-        self.samples += len(block)
-        self.arrival = time.perf_counter()
-        self.ready.set()
-
-    def close(self) -> None:
-        self.end = True
-        self.ready.set()
-
-    async def wait_for_room(self) -> None:
-        while self.samples > self.max_samples:
-            self.drained.clear()
-            await self.drained.wait()
-
-    async def take(self) -> tuple[list[np.ndarray], float, bool]:
-        await self.ready.wait()
-        self.ready.clear()
-        taken = self.blocks, self.arrival, self.end
-        self.blocks, self.samples = [], 0
-        self.drained.set()
-        return taken
-
-
 class Server:
     """The models, the worker pool and the open streams; :meth:`app` is the aiohttp application."""
 
@@ -231,7 +158,10 @@ class Server:
         # one new session at a time: loading a word LM silences file descriptor 2 for a moment
         # (asr.audio.quiet_native_stderr), which two threads at once could leave silenced
         self.session_lock = threading.Lock()
+        # sessions, word-LM searches and offline transcriptions; the streams' models are
+        # stepped in batches by the groups' own threads
         self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="asr-serve")
+        self.streams = Streams(self.recognizer, config.workers, config.max_batch, self.pool)
         self.sockets: set[web.WebSocketResponse] = set()
 
     def app(self) -> web.Application:
@@ -241,8 +171,12 @@ class Server:
         app.router.add_get("/health", self.health)
         app.router.add_get("/stream", self.stream)
         app.router.add_post("/transcribe", self.transcribe)
+        app.on_startup.append(self.startup)
         app.on_shutdown.append(self.shutdown)
         return app
+
+    async def startup(self, app: web.Application) -> None:
+        self.streams.start()
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"streams": len(self.sockets), "max_streams": self.config.max_streams,
@@ -251,6 +185,7 @@ class Server:
     async def shutdown(self, app: web.Application) -> None:
         for ws in list(self.sockets):
             await ws.close(code=CloseCodes.GOING_AWAY, message=b"server shutting down")
+        self.streams.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def stream(self, request: web.Request) -> web.WebSocketResponse:
@@ -290,11 +225,11 @@ class Server:
             return None, ""
         hello = parse_hello(msg.data)
         # a session with a word LM loads its own copy of it: not on the event loop
-        stream = _Stream(await loop.run_in_executor(self.pool, self._new_session), hello)
+        session = await loop.run_in_executor(self.pool, self._new_session)
         await ws.send_json({"type": "ready", "sample_rate": SAMPLE_RATE, "max_frame_bytes": self.config.max_frame_bytes})
-        inbox = _Inbox(int(self.config.max_backlog * SAMPLE_RATE))
-        recognition = asyncio.create_task(self._recognize(ws, stream, inbox))
-        receiving = asyncio.create_task(self._read_audio(ws, hello, inbox))
+        stream = self.streams.open(session, hello.sample_rate, int(self.config.max_backlog * SAMPLE_RATE))
+        recognition = asyncio.create_task(self._send_events(ws, stream))
+        receiving = asyncio.create_task(self._read_audio(ws, hello, stream))
         try:
             await asyncio.wait({recognition, receiving}, return_when=asyncio.FIRST_COMPLETED)
             if recognition.done():  # it ends only after the end message, or when it failed
@@ -304,7 +239,7 @@ class Server:
             except ProtocolError as err:
                 if err.code != CloseCodes.POLICY:
                     raise
-                inbox.close()  # idle: finalise what was heard, then close with the reason
+                stream.close()  # idle: finalise what was heard, then close with the reason
                 await recognition
                 raise
             if not ended:
@@ -312,7 +247,8 @@ class Server:
             await recognition
             return CloseCodes.NORMAL, "end of stream"
         finally:
-            # a recognition still running in a worker finishes there, unseen
+            # a step or search still running in a thread finishes there, unseen
+            self.streams.drop(stream)
             for task in (recognition, receiving):
                 task.cancel()
             await asyncio.gather(recognition, receiving, return_exceptions=True)
@@ -321,8 +257,8 @@ class Server:
         with self.session_lock:
             return self.recognizer.new_session()
 
-    async def _read_audio(self, ws: web.WebSocketResponse, hello: Hello, inbox: _Inbox) -> bool:
-        """Audio frames into ``inbox`` until the end message (True) or the client has gone (False)."""
+    async def _read_audio(self, ws: web.WebSocketResponse, hello: Hello, stream: Stream) -> bool:
+        """Audio frames into ``stream`` until the end message (True) or the client has gone (False)."""
         dtype = FORMATS[hello.format]
         partial = b""  # the start of a sample split between frames
         while True:
@@ -338,33 +274,26 @@ class Server:
                     raise ProtocolError(CloseCodes.INVALID, "float32 audio holds NaN or infinity")
                 else:
                     samples = samples.astype(np.float32)  # native byte order, writable
-                inbox.put(samples)
-                await inbox.wait_for_room()
+                stream.put(samples)
+                await stream.wait_for_room()
             elif msg.type == WSMsgType.TEXT:
                 try:
                     message = json.loads(msg.data)
                 except ValueError:
                     message = None
                 if isinstance(message, dict) and message.get("type") == "end":
-                    inbox.close()
+                    stream.close()
                     return True
                 raise ProtocolError(CloseCodes.UNSUPPORTED, 'expected binary audio or {"type": "end"}')
             else:  # closed by the client, an oversized frame (aiohttp has closed it, 1009), or an error
                 return False
 
-    async def _recognize(self, ws: web.WebSocketResponse, stream: _Stream, inbox: _Inbox) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            blocks, arrival, end = await inbox.take()
-            try:
-                events = await loop.run_in_executor(self.pool, stream.run, blocks, arrival, end)
-            except Exception as err:
-                print(f"asr serve: recognition failed: {err!r}", file=sys.stderr)
-                raise ProtocolError(CloseCodes.INTERNAL, "recognition failed") from err
-            for event in events:
-                await ws.send_str(event_json(event))
-            if end:
-                return
+    async def _send_events(self, ws: web.WebSocketResponse, stream: Stream) -> None:
+        """The stream's events as they come, until its last final (after the end message)."""
+        while (event := await stream.outbox.get()) is not None:
+            if isinstance(event, BaseException):
+                raise ProtocolError(CloseCodes.INTERNAL, "recognition failed") from event
+            await ws.send_str(event_json(event))
 
     async def transcribe(self, request: web.Request) -> web.Response:
         if self.transcriber is None:

@@ -27,6 +27,7 @@ from asr.checkpoint import CheckpointError, load_checkpoint
 from asr.decoding import BeamSearchDecoder, BeamSearchOptions, checkpoint_decoder
 from asr.endpoint import EndpointConfig, Endpointer, Event, StreamingSession, StreamTiming, stream_audio
 from asr.features import HOP_LENGTH, WIN_LENGTH, StreamingLogMel
+from asr.models.streaming_gru import StreamingState
 from asr.text import Tokenizer
 
 __all__ = ["EndpointConfig", "Event", "Recognizer", "TorchStepper", "stream_audio"]
@@ -52,6 +53,34 @@ class TorchStepper:
     @torch.inference_mode()
     def flush(self, state: Any) -> np.ndarray:
         return self.model.flush(state).cpu().numpy()
+
+    # several streams stepped at once (asr.batch): their states stacked into one, and split after
+
+    def steppable(self, stepped: int, waiting: int) -> int:
+        """Of ``waiting`` features after ``stepped`` in the utterance, those to step now: ``1 +
+        time_stride * k`` in all, as many as give whole output frames (output frame ``j`` needs
+        the features up to ``time_stride * j``), so that the outputs come as early as when
+        stepping every feature, and after the utterance's first step all states stack."""
+        total, stride = stepped + waiting, self.model.config.time_stride
+        return 1 + stride * ((total - 1) // stride) - stepped if total else 0
+
+    @staticmethod
+    def shapes(state: StreamingState) -> tuple:
+        """What must agree for states to stack: their tensors' shapes."""
+        return tuple(tensor.shape for tensor in (*state.conv_cache, state.hidden, state.lookahead))
+
+    @staticmethod
+    def stack(states: list[StreamingState]) -> StreamingState:
+        return StreamingState(
+            conv_cache=[torch.cat(caches) for caches in zip(*(state.conv_cache for state in states))],
+            hidden=torch.cat([state.hidden for state in states], dim=1),
+            lookahead=torch.cat([state.lookahead for state in states]),
+        )
+
+    @staticmethod
+    def split(state: StreamingState) -> list[StreamingState]:
+        return [StreamingState([cache[i : i + 1] for cache in state.conv_cache], state.hidden[:, i : i + 1],
+                               state.lookahead[i : i + 1]) for i in range(state.lookahead.shape[0])]
 
 
 class TorchFeatures:

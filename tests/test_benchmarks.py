@@ -40,9 +40,11 @@ def test_bench_serve_prints_a_row_per_level_with_partials():
     pytest.importorskip("aiohttp")
     out = run_tool("bench_serve.py", "--streams", "1", "2", "--seconds", "4")
     for k in (1, 2):
-        match = re.search(rf"^\| {k} \| (\d+) \| (\d+) \| {NUMBER} \| {NUMBER} \| (\d+) of {k} \| (\d+) \|$", out, re.M)
+        match = re.search(rf"^\| {k} \| (\d+) \| (\d+) \| {NUMBER} \| {NUMBER} \| (\d+) of {k} \| (\d+) \| (\d+) \| (\d+) \|$",
+                          out, re.M)
         assert match, f"no K={k} row in:\n{out}"
         assert float(match.group(3)) > 0  # the server did work for the streams
+        assert int(match.group(6)) > 100  # the server's resident memory, in MiB (torch alone is more)
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ else
     wamerican                             # English word list: the synthetic recipe's decoding lexicon
     libportaudio2                         # microphone input (sounddevice)
     chromium                              # asr serve's page, tested in a real (headless) browser
+    nginx                                 # a reverse proxy: two asr serve processes behind one, tested
   )
   extras=dev
 fi

@@ -26,7 +26,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--idle-timeout", type=float, default=30.0, metavar="S",
                    help="seconds without a message before a stream is finalised and closed with 1008 (default: 30)")
     p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1, metavar="N",
-                   help="recognition threads (default: the number of cores)")
+                   help="groups of streams stepped in batches, each by a thread; also threads for word-LM "
+                   "searches (default: the number of cores)")
+    p.add_argument("--max-batch", type=positive_int, default=128, metavar="N",
+                   help="streams stepped in one call of the model (default: 128; 1: each stream alone)")
     add_beam_options(p)
 
 
@@ -44,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
             offline = None
         config = ServeConfig(model=str(model), offline_model=str(offline) if offline else None, host=args.host,
                              port=args.port, max_streams=args.max_streams, max_frame_bytes=args.max_frame_bytes,
-                             idle_timeout=args.idle_timeout, workers=args.workers, beam=beam_options(args),
+                             idle_timeout=args.idle_timeout, workers=args.workers, max_batch=args.max_batch,
+                             beam=beam_options(args),
                              greedy=args.greedy)
         serve(config)
     except (CheckpointError, ImportError, ValueError, OSError) as err:
