@@ -49,7 +49,7 @@ def test_soak_short_run_keeps_every_good_stream_intact(tiny_streaming_checkpoint
     assert figures["faults"] >= 5 and len(figures["by_kind"]) >= 6, figures["by_kind"]
     assert figures["failures"] == [] and figures["server_alive"] and figures["streams_open_at_end"] == 0
     assert figures["health_failed"] == 0 and figures["health_ok"] > 0
-    assert set(figures["memory_mib"]) == {"initial", "warm", "end", "peak"}
+    assert set(figures["memory_mib"]) == {"initial", "half", "end", "peak"} and len(figures["memory_timeline_mib"]) == 11
 
 
 # ---------------------------------------------------------------------------------------------
