@@ -17,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import jiwer
 import numpy as np
@@ -27,6 +28,9 @@ import torch
 aiohttp = pytest.importorskip("aiohttp", reason="asr serve needs aiohttp (pip install 'asr[serve]')")
 
 from conftest import requires_espeak  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from soak_serve import random_frames  # noqa: E402  the soak's own way of cutting audio into frames
 
 pytestmark = requires_espeak
 MAX_STREAMS, IDLE_TIMEOUT, MAX_FRAME_BYTES = 3, 5.0, 65536
@@ -101,14 +105,6 @@ def pcm16(path) -> bytes:
     return sf.read(path, dtype="int16")[0].tobytes()
 
 
-def random_frames(data: bytes, rng: random.Random, largest: int = 6000):
-    """Frames of 1 to ``largest`` bytes: samples split across frames too."""
-    start = 0
-    while start < len(data):
-        size = rng.randint(1, largest)
-        yield data[start : start + size]
-        start += size
-
 
 class Result:
     def __init__(self) -> None:
@@ -171,7 +167,7 @@ def test_stream_random_frames_gives_asr_stream_finals(server, two_utterances, ex
     if fmt == "float32":
         data = (np.frombuffer(data, "<i2").astype("<f4") / 32768).tobytes()
     hello = {"type": "hello", "sample_rate": 16000, "format": fmt}
-    result = bounded(converse(server, random_frames(data, random.Random(fmt)), hello))
+    result = bounded(converse(server, random_frames(data, random.Random(fmt), largest=6000), hello))
     print(result.events)
     assert result.events[0] == {"type": "ready", "sample_rate": 16000, "max_frame_bytes": MAX_FRAME_BYTES}
     assert result.finals == expected_finals
