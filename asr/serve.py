@@ -34,7 +34,6 @@ import asyncio
 import json
 import os
 import signal as signal_module
-import sys
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor

@@ -12,7 +12,7 @@ import torch
 
 from asr.checkpoint import load_checkpoint
 from asr.data.loader import BucketBatchSampler
-from asr.train_setup import DataConfig, OptimConfig, TrainConfig
+from asr.train_setup import TrainConfig
 from asr.training import Trainer
 from conftest import run_while_progressing
 

@@ -21,7 +21,7 @@ from asr.checkpoint import LanguageModel, load_checkpoint, save_checkpoint  # no
 from asr.export import EXPORT_FORMAT, ExportConfig, StreamingStep, export_checkpoint  # noqa: E402
 from asr.features import LogMelFrontend  # noqa: E402
 from asr.models import build_model  # noqa: E402
-from asr.streaming import EndpointConfig, Recognizer  # noqa: E402
+from asr.streaming import Recognizer  # noqa: E402
 from asr.text import Tokenizer  # noqa: E402
 from conftest import espeak, requires_espeak  # noqa: E402
 

@@ -124,7 +124,7 @@ async def _one_stream(url: str, pcm: bytes, chunk_bytes: int, start_at: float, r
     chunk_seconds = chunk_bytes / 2 / 16000
     async with aiohttp.ClientSession() as session, session.ws_connect(f"{url}/stream") as ws:
         await ws.send_str(json.dumps({"type": "hello", "sample_rate": 16000, "format": "pcm16"}))
-        if (msg := await ws.receive()).type != aiohttp.WSMsgType.TEXT:  # refused (1013 when busy)
+        if (await ws.receive()).type != aiohttp.WSMsgType.TEXT:  # refused (1013 when busy)
             result.close_code = ws.close_code
             return
 

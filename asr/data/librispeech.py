@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
-import shutil
 import tarfile
 import time
 import urllib.error
