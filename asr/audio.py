@@ -75,6 +75,27 @@ def lowpass(audio: torch.Tensor, cutoff_hz: float) -> torch.Tensor:
     return AF.lowpass_biquad(audio, SAMPLE_RATE, cutoff_hz)
 
 
+def room_impulse_response(rt60_s: float, drr_db: float, rng: np.random.Generator) -> torch.Tensor:
+    """A statistical room impulse response ``(samples,)`` at 16 kHz: the direct sound, then
+    Gaussian noise decaying by 60 dB over ``rt60_s`` (Polack's model of a diffuse late field),
+    scaled so that the direct sound is ``drr_db`` above the reverberant energy. No room
+    geometry: what a recogniser must learn is the smearing of each frame into the next ones,
+    and a random tail gives that without a simulator or a corpus of measured rooms."""
+    t = np.arange(1, max(2, int(rt60_s * SAMPLE_RATE))) / SAMPLE_RATE
+    tail = rng.standard_normal(t.size) * np.exp(-3 * math.log(10) * t / rt60_s)
+    tail *= math.sqrt(10 ** (-drr_db / 10) / np.sum(tail**2))
+    tail = np.concatenate([[1.0], tail])
+    return torch.from_numpy(tail.astype(np.float32))
+
+
+def reverberate(audio: torch.Tensor, rir: torch.Tensor) -> torch.Tensor:
+    """``audio (samples,)`` heard through the room ``rir (taps,)``: same length (the tail past
+    the end is cut, as a recording that stops would cut it) and the same energy."""
+    wet = AF.fftconvolve(audio, rir.to(audio.device))[: audio.shape[-1]]
+    scale = audio.norm() / wet.norm().clamp_min(1e-12)
+    return wet * scale
+
+
 def add_noise(audio: torch.Tensor, noise: torch.Tensor, snr_db: float) -> torch.Tensor:
     """``audio (samples,)`` plus ``noise (samples,)`` scaled to ``snr_db`` below it (energy ratio)."""
     return AF.add_noise(audio[None], noise[None], torch.tensor([snr_db], dtype=audio.dtype))[0]

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchaudio.functional as AF
 
-from asr.audio import SAMPLE_RATE, lowpass
+from asr.audio import SAMPLE_RATE, lowpass, room_impulse_response
 from asr.data.loader import (
     SPEEDS,
     AugmentConfig,
@@ -32,7 +32,7 @@ def augment_one(audio: torch.Tensor, config: AugmentConfig, rng: np.random.Gener
 
 def reference_augment(audio: torch.Tensor, config: AugmentConfig, rng: np.random.Generator) -> torch.Tensor:
     """The per-utterance augmentation that the batched path replaced, kept as the reference:
-    padding, speed, band limit, noise, gain, each with a torchaudio call on this utterance alone."""
+    padding, speed, room, band limit, noise, gain, each with a torchaudio call on this utterance alone."""
     if config.pad_s > 0:
         before, after = (int(rng.uniform(0, config.pad_s) * SAMPLE_RATE) for _ in range(2))
         audio = torch.nn.functional.pad(audio, (before, after))
@@ -40,6 +40,10 @@ def reference_augment(audio: torch.Tensor, config: AugmentConfig, rng: np.random
         speed = SPEEDS[rng.integers(len(SPEEDS))]
         if speed != 1.0:
             audio = AF.resample(audio, int(SAMPLE_RATE * speed), SAMPLE_RATE)
+    if config.reverb_prob > 0 and rng.random() < config.reverb_prob:
+        rt60_s, drr_db = rng.uniform(*config.reverb_rt60_s), rng.uniform(*config.reverb_drr_db)
+        wet = AF.convolve(audio, room_impulse_response(rt60_s, drr_db, rng))[: len(audio)]
+        audio = wet * audio.norm() / wet.norm()
     if config.lowpass_prob > 0 and rng.random() < config.lowpass_prob:
         audio = AF.resample(AF.resample(audio, SAMPLE_RATE, 8000), 8000, SAMPLE_RATE)[: len(audio)]
     if config.noise_prob > 0 and rng.random() < config.noise_prob:
@@ -93,7 +97,7 @@ def assert_equal_to_rounding(got: torch.Tensor, expected: torch.Tensor) -> None:
 
 
 SPEED_AND_GAIN = AugmentConfig(speed_perturb=True, gain_db=6.0)
-EVERYTHING = AugmentConfig(speed_perturb=True, gain_db=6.0, noise_prob=0.5, lowpass_prob=0.5, pad_s=0.3)
+EVERYTHING = AugmentConfig(speed_perturb=True, gain_db=6.0, noise_prob=0.5, lowpass_prob=0.5, pad_s=0.3, reverb_prob=0.5)
 
 
 @pytest.mark.parametrize("config", [SPEED_AND_GAIN, AugmentConfig(speed_perturb=True, gain_db=6.0, pad_s=0.3)],
@@ -123,14 +127,15 @@ def test_the_rounding_bound_catches_a_shifted_sample_and_a_wrong_gain():
             assert_equal_to_rounding(got * 10 ** (0.01 / 20), expected)
 
 
-def test_batched_band_limit_and_noise_equal_each_utterance_alone():
-    """Band limiting and noise too: the same random choices and lengths; the samples to float
+def test_batched_room_band_limit_and_noise_equal_each_utterance_alone():
+    """Rooms, band limiting and noise too: the same random choices and lengths; the samples to float
     rounding (one row of 12 differs, by 1 ulp: a convolution or energy sum over a row of the
     batch can add in another order than over a tensor of its own)."""
     audios, seeds = utterances(), list(range(200, 212))
     out, lengths = batched(audios, EVERYTHING, seeds)
     plans = [draw_augmentation(a, EVERYTHING, np.random.default_rng(s))[1] for a, s in zip(audios, seeds)]
     assert any(p.band_limit for p in plans) and any(p.noise is not None for p in plans)
+    assert any(p.rir is not None for p in plans) and any(p.rir is None for p in plans)
     for row, (audio, seed) in enumerate(zip(audios, seeds)):
         expected = reference_augment(audio, EVERYTHING, np.random.default_rng(seed))
         assert int(lengths[row]) == len(expected)
@@ -215,3 +220,34 @@ def test_gain_stays_within_its_range():
         out = augment_one(audio, AugmentConfig(gain_db=6.0), np.random.default_rng(seed))
         ratio_db = 20 * torch.log10(out.abs().max() / audio.abs().max())
         assert -6.0 - 1e-4 <= ratio_db <= 6.0 + 1e-4
+
+
+@pytest.mark.parametrize("rt60_s, drr_db", [(0.3, 0.0), (0.8, 10.0)])
+def test_a_room_decays_by_60_db_over_its_reverberation_time(rt60_s, drr_db):
+    """The impulse response has the decay and the direct-to-reverberant ratio asked for:
+    Schroeder's backward integral of its tail falls 20 dB in a third of rt60 (a noisy tail's
+    decay is measured over the first 20 dB, as T20 is), and the direct sound stands drr_db above
+    the tail's energy."""
+    rir = room_impulse_response(rt60_s, drr_db, np.random.default_rng(0)).double()
+    assert len(rir) == int(rt60_s * SAMPLE_RATE) and rir[0] == 1.0
+    tail = rir[1:] ** 2
+    assert 10 * torch.log10(1.0 / tail.sum()) == pytest.approx(drr_db, abs=1e-6)
+    schroeder = torch.flip(torch.cumsum(torch.flip(tail, [0]), 0), [0])
+    decay_db = 10 * torch.log10(schroeder / schroeder[0])
+    t20 = int(torch.nonzero(decay_db < -20)[0]) / SAMPLE_RATE
+    assert t20 == pytest.approx(rt60_s / 3, rel=0.1)
+
+
+def test_a_room_smears_speech_and_keeps_its_length_and_energy():
+    """A burst then silence: the room's tail rings on into the silence, the length and the
+    energy stay, and the room is a function of the seed."""
+    audio = torch.cat([tone(0.3), torch.zeros(8000)])
+    config = AugmentConfig(gain_db=0.0, reverb_prob=1.0, reverb_drr_db=(0.0, 3.0))
+    out = augment_one(audio, config, np.random.default_rng(0))
+    assert len(out) == len(audio)
+    assert out.norm() == pytest.approx(float(audio.norm()), rel=1e-5)
+    burst_end = len(tone(0.3))
+    ringing = out[burst_end : burst_end + 1600].pow(2).mean() / out[:burst_end].pow(2).mean()
+    assert 10 * torch.log10(ringing) > -30  # the first 100 ms of silence, within 30 dB of the burst
+    assert torch.equal(out, augment_one(audio, config, np.random.default_rng(0)))
+    assert not torch.equal(out, augment_one(audio, config, np.random.default_rng(1)))

@@ -338,3 +338,43 @@ def test_natural_corpus_audio_and_metadata(tmp_path):
         assert rate == 16000 and np.sqrt(np.mean(samples**2)) > 0.005
         assert 0.15 * words < len(samples) / rate < 1.0 * words + 1.5
     assert sc.synthesize_corpus(out, SMALL_NATURAL, progress=False) == meta
+
+
+@requires_flite
+def test_a_natural_engine_that_crashes_on_a_sentence_hands_it_to_flite(monkeypatch, tmp_path, capsys):
+    speaker = sc.Speaker(id=7, split="train", accent="festival", variant="festival:ked", sex="M", pitch=100,
+                         speed=100, pitch_range=0, word_gap=0, amplitude=0, description="festival:ked")
+    utterance = sc.Utterance("train", speaker, chapter=1, index=0, sentence=sc.Sentence("Hello there.", "HELLO THERE"))
+
+    def crash(*args):
+        raise sc.subprocess.CalledProcessError(-11, ["text2wave"])
+
+    monkeypatch.setitem(sc.tts.ENGINES, "festival", crash)
+    (tmp_path / Path(utterance.path).parent).mkdir(parents=True)
+    speaker_id, samples = sc._write_utterance(utterance, NATURAL_CONFIG, tmp_path)
+    assert speaker_id == 7 and samples > 0.3 * sc.SAMPLE_RATE
+    assert sf.info(tmp_path / utterance.path).samplerate == sc.SAMPLE_RATE
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {utterance.id}: festival:ked failed (-11); spoken by flite:rms instead"]
+
+
+def test_an_engine_killed_by_a_signal_is_run_again(monkeypatch):
+    calls = []
+    real_run = sc.tts.subprocess.run
+
+    def crash_first(command, **kwargs):  # the first try dies by SIGSEGV; the next writes the WAV
+        calls.append(command)
+        if len(calls) == 1:
+            return sc.subprocess.CompletedProcess(command, -11)
+        sf.write(command[-1], np.zeros(160, dtype=np.float32), 16000)
+        return real_run(["true"], **kwargs)
+
+    monkeypatch.setattr(sc.tts.subprocess, "run", crash_first)
+    samples, rate = sc.tts._read_wav(["engine", "{wav}"])
+    assert len(calls) == 2 and rate == 16000 and len(samples) == 160
+    calls.clear()
+    monkeypatch.setattr(sc.tts.subprocess, "run", lambda command, **kwargs: calls.append(command) or
+                        sc.subprocess.CompletedProcess(command, -11))
+    with pytest.raises(sc.subprocess.CalledProcessError):
+        sc.tts._read_wav(["engine", "{wav}"])
+    assert len(calls) == 3

@@ -67,6 +67,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -76,6 +77,8 @@ import numpy as np
 import soundfile as sf
 import torch
 from tqdm import tqdm
+
+import asr.audio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ is no package: tts.py lies beside
 import tts  # noqa: E402
@@ -549,13 +552,9 @@ def coloured_noise(length: int, exponent: float, rng: np.random.Generator) -> np
 
 
 def reverberate(samples: np.ndarray, rt60: float, drr_db: float, rng: np.random.Generator) -> np.ndarray:
-    """Convolve with a synthetic room impulse response: a unit direct path followed
-    by exponentially decaying Gaussian noise that falls 60 dB in ``rt60`` seconds,
-    ``drr_db`` below the direct path in energy. Keeps the input length."""
-    t = np.arange(1, int(rt60 * SAMPLE_RATE)) / SAMPLE_RATE
-    tail = rng.standard_normal(t.size) * np.exp(-3 * math.log(10) * t / rt60)
-    tail /= math.sqrt(10 ** (drr_db / 10) / np.sum(tail**2))
-    rir = np.concatenate([[1.0], tail]).astype(np.float32)
+    """Convolve with the training loader's statistical room impulse response
+    (:func:`asr.audio.room_impulse_response`). Keeps the input length."""
+    rir = asr.audio.room_impulse_response(rt60, drr_db, rng).numpy()
     size = _fft_size(len(samples) + len(rir) - 1)
     wet = np.fft.irfft(np.fft.rfft(samples, size) * np.fft.rfft(rir, size), size)
     return wet[: len(samples)].astype(np.float32)
@@ -609,8 +608,21 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+# a natural voice's engine that fails on a sentence gives it to the flite voice of the same sex
+FALLBACK_VOICES = {"F": "flite:slt", "M": "flite:rms"}
+
+
 def _write_utterance(utterance: Utterance, config: CorpusConfig, root: Path) -> tuple[int, int]:
-    samples = synthesize_utterance(utterance, config)
+    try:
+        samples = synthesize_utterance(utterance, config)
+    except subprocess.CalledProcessError as err:
+        if not utterance.speaker.natural:
+            raise
+        fallback = FALLBACK_VOICES[utterance.speaker.sex]
+        print(f"warning: {utterance.id}: {utterance.speaker.variant} failed ({err.returncode}); "
+              f"spoken by {fallback} instead", file=sys.stderr)
+        speaker = dataclasses.replace(utterance.speaker, variant=fallback, accent="flite")
+        samples = synthesize_utterance(dataclasses.replace(utterance, speaker=speaker), config)
     sf.write(root / utterance.path, samples, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     return utterance.speaker.id, len(samples)
 

@@ -362,11 +362,17 @@ def engine_version(engine: str) -> str:
 
 
 def _read_wav(command: list[str], text: str | None = None) -> tuple[np.ndarray, int]:
-    """Run ``command`` with the path of a WAV file it writes in place of ``{wav}``."""
+    """Run ``command`` with the path of a WAV file it writes in place of ``{wav}``. An engine
+    killed by a signal is run again, twice at most: festival's diphone voices now and then
+    crash on text they speak on the next try."""
     with tempfile.TemporaryDirectory() as folder:
         path = str(Path(folder) / "out.wav")
-        subprocess.run([path if arg == "{wav}" else arg for arg in command],
-                       input=None if text is None else text.encode(), capture_output=True, check=True)
+        for attempt in range(3):
+            done = subprocess.run([path if arg == "{wav}" else arg for arg in command],
+                                  input=None if text is None else text.encode(), capture_output=True)
+            if done.returncode >= 0 or attempt == 2:
+                break
+        done.check_returncode()
         samples, rate = sf.read(path, dtype="float32")
     return samples, rate
 

@@ -17,7 +17,18 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
-from asr.audio import SAMPLE_RATE, AudioError, add_noise, load_audio, lowpass, resample, resampled_length, speed_rate
+from asr.audio import (
+    SAMPLE_RATE,
+    AudioError,
+    add_noise,
+    load_audio,
+    lowpass,
+    resample,
+    resampled_length,
+    reverberate,
+    room_impulse_response,
+    speed_rate,
+)
 from asr.features import num_frames
 from asr.text import Tokenizer, UnknownCharactersError
 
@@ -32,6 +43,11 @@ class AugmentConfig:
     gain_db: float = 6.0  # random gain in [-gain_db, +gain_db] dB (fine-tuning configs use 20: see recipes)
     noise_prob: float = 0.0  # probability of adding white/pink-ish noise
     noise_snr_db: tuple[float, float] = (5.0, 30.0)
+    # probability of a room: a statistical impulse response (asr.audio.room_impulse_response)
+    # with a reverberation time and a direct-to-reverberant ratio drawn from these ranges
+    reverb_prob: float = 0.0
+    reverb_rt60_s: tuple[float, float] = (0.2, 0.8)
+    reverb_drr_db: tuple[float, float] = (0.0, 12.0)
     lowpass_prob: float = 0.0  # probability of band-limiting to telephone band (8 kHz source)
     # silence of 0 to pad_s seconds before and after each utterance (zeros, which the trainer's
     # dither turns into faint noise): clips trimmed to the speech (FSDD) otherwise teach a model
@@ -46,9 +62,10 @@ def _item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
 @dataclass
 class AugmentPlan:
     """One utterance's augmentation after its padding, as :func:`augment_batch` applies it
-    (speed, band limit, noise, gain, in that order)."""
+    (speed, room, band limit, noise, gain, in that order)."""
 
     speed: float = 1.0
+    rir: torch.Tensor | None = None  # (taps,): the room's impulse response
     band_limit: bool = False
     # (samples after the speed change,): drawn with the other choices rather than on the
     # training device, so that a run sees the same noise whatever device it trains on
@@ -72,6 +89,9 @@ def draw_augmentation(
     plan = AugmentPlan()
     if config.speed_perturb:
         plan.speed = SPEEDS[rng.integers(len(SPEEDS))]
+    if config.reverb_prob > 0 and rng.random() < config.reverb_prob:
+        rt60_s, drr_db = rng.uniform(*config.reverb_rt60_s), rng.uniform(*config.reverb_drr_db)
+        plan.rir = room_impulse_response(rt60_s, drr_db, rng)
     if config.lowpass_prob > 0 and rng.random() < config.lowpass_prob:
         plan.band_limit = True
     if config.noise_prob > 0 and rng.random() < config.noise_prob:
@@ -142,10 +162,14 @@ def augment_batch(
     """
     lengths = [int(n) for n in lengths]
     out, out_lengths = _change_speeds(audio, lengths, [p.speed for p in plans])
+    rooms = [i for i, p in enumerate(plans) if p.rir is not None]
     limited = [i for i, p in enumerate(plans) if p.band_limit]
     noisy = [i for i, p in enumerate(plans) if p.noise is not None]
-    if (limited or noisy) and out.data_ptr() == audio.data_ptr():
+    if (rooms or limited or noisy) and out.data_ptr() == audio.data_ptr():
         out = out.clone()  # written in place below
+    for i in rooms:  # one by one: each row its own room, cut at its own end
+        n = out_lengths[i]
+        out[i, :n] = reverberate(out[i, :n], plans[i].rir)
     if limited:  # as if recorded at 8 kHz: down and up again, each step cleared past the row's end
         rows_lengths = [out_lengths[i] for i in limited]
         narrow, narrow_lengths = _resample_rows(out[limited], rows_lengths, SAMPLE_RATE, 8000)

@@ -3,24 +3,26 @@
 # --model. Everything real in ../shared/data (LibriSpeech clips and CMU AN4: native speakers;
 # speechocean762's read sentences: non-native; the keywords corpus's wake and command words,
 # FSDD's digits; see their ATTRIBUTION.md files, nothing is copied here) mixed with the synthetic
-# recipe's corpus (espeak-ng and flite voices); the synthetic recipe's models
-# (pre-trained on that corpus alone) fine-tuned on the mixture: the BiLSTM-CTC for files and the
-# streaming GRU for the microphone. A general word 3-gram LM from every training transcript,
-# weights tuned on a dev set of real and synthetic speech, attached to both. Every test set
-# scored, greedy and with the LM, offline and streamed (RESULTS.md); then, when asked, both
-# models stored compactly (float16) with their provenance in ../../asr/pretrained/.
+# recipe's corpus (natural TTS voices and espeak-ng); the shipped models (asr/pretrained/, each
+# pre-trained on synthetic speech and fine-tuned on real speech by an earlier run of this recipe)
+# trained on on the mixture: the BiLSTM-CTC for files and the streaming GRU for the microphone.
+# A general word 3-gram LM from every training transcript and LibriSpeech book text, weights tuned
+# on a dev set of real and synthetic speech, attached to both. Every test set scored, greedy and
+# with the LM, offline and streamed (RESULTS.md); then, when asked, both models stored compactly
+# (float16) with their provenance in ../../asr/pretrained/, and the ablation of the mixture.
 #
 #   ./run.sh [--stage N] [--stop-stage M] [--data DIR] [--exp DIR]
 #
-# Stage 11 (run only when asked: --stage 11) replaces the embedded defaults in asr/pretrained/:
-# a deliberate step, since the files are committed.
+# Stage 11 (run only when asked: --stage 11 --stop-stage 11) trains shorter runs, each without
+# one part of the mixture, and scores them (RESULTS.md, "Ablation"). Stage 12 (--stage 12)
+# replaces the embedded defaults in asr/pretrained/: a deliberate step, since the files are committed.
 # LIBRISPEECH_CLIPS_ROOT, AN4_ROOT, SPEECHOCEAN762_ROOT, KEYWORDS_ROOT and FSDD_ROOT override where
 # the corpora are read from
 # (default: ../shared/data/<corpus> beside the repository). Stages are idempotent (.done
 # markers); an interrupted training resumes from its last.pt.
 # TRAINED_DIR=DIR: models trained elsewhere (what tools/gpu_train_defaults.sh writes on a GPU:
 # offline.pt, streaming.pt and their *_log.csv) stand in for stages 3-6, e.g.
-# `TRAINED_DIR=DIR ./run.sh --exp exp_gpu --stage 3`, and `--stage 11` then ships them with their
+# `TRAINED_DIR=DIR ./run.sh --exp exp_gpu --stage 3`, and `--stage 12` then ships them with their
 # provenance (docs/training.md, "Training the defaults on a GPU").
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -31,7 +33,8 @@ $quick && { echo "error: this recipe has no --quick mode; the other recipes' qui
 data=${data_dir:-data} exp=${exp_dir:-exp}
 shared_data=$root/../shared/data
 synthetic=../synthetic/data/default
-# training mixture: the real corpora (all but FSDD at three speeds), the synthetic corpus
+# training mixture: the real corpora (the native ones at three speeds: an hour and a half of
+# native speech is the scarcest part), the synthetic corpus
 train_manifests=$data/librispeech-clips/train.jsonl,$data/an4/train.jsonl,$data/speechocean762/train.jsonl
 train_manifests+=,$data/keywords/train.jsonl,$data/fsdd/train.jsonl,$synthetic/train.jsonl
 tests="librispeech-clips an4 speechocean762 fsdd keywords synthetic"
@@ -60,28 +63,27 @@ if run_stage 1 "manifests of the real corpora; audio decoded once to FLAC" "$dat
   mv "$data/an4/test.jsonl" "$data/an4.jsonl"
   asr prepare speechocean762 --data-root "${SPEECHOCEAN762_ROOT:-$shared_data/speechocean762}" --dev-speakers 6 \
     --out "$data/speechocean762/original"
-  cache speechocean762 train 0.9 1.0 1.1 && cache speechocean762 dev && cache speechocean762 test
+  cache speechocean762 train && cache speechocean762 dev && cache speechocean762 test
   mv "$data/speechocean762/test.jsonl" "$data/speechocean762.jsonl"
   asr prepare keywords --data-root "${KEYWORDS_ROOT:-$shared_data/keywords}" --out "$data/keywords/original"
-  cache keywords train 0.9 1.0 1.1
+  cache keywords train
   cp "$data/keywords/original/test.jsonl" "$data/keywords.jsonl"
   asr prepare fsdd --data-root "${FSDD_ROOT:-$shared_data/fsdd}" --out "$data/fsdd"
   cp "$data/fsdd/test.jsonl" "$data/fsdd.jsonl"
   touch "$data/.manifests.done"
 fi
 
-# The synthetic recipe makes its corpus and pre-trains both models on it alone (its stages 1-5
-# and 10; nothing is redone when they have run).
-if run_stage 2 "pre-train on the synthetic corpus: ../synthetic/exp/final.pt and streaming.pt" "$exp/.pretrain.done"; then
-  bash ../synthetic/run.sh --stop-stage 5
-  bash ../synthetic/run.sh --stage 10 --stop-stage 10
+# The synthetic recipe's corpus: natural TTS voices and espeak-ng, test and dev voices unseen in
+# train (its stages 1-2; nothing is redone when they have run).
+if run_stage 2 "the synthetic corpus: ../synthetic/data/default" "$exp/.synthetic.done"; then
+  bash ../synthetic/run.sh --stop-stage 2
   cp "$synthetic/test.jsonl" "$data/synthetic.jsonl"
   # validation and LM tuning: 20 native and 6 non-native held-out speakers, the synthetic dev voices
   cat "$data/librispeech-clips/dev.jsonl" "$data/speechocean762/dev.jsonl" "$synthetic/dev.jsonl" > "$data/dev.jsonl"
-  touch "$exp/.pretrain.done"
+  touch "$exp/.synthetic.done"
 fi
 
-# the configs that trained the models (stage 11 records them); models trained elsewhere name theirs
+# the configs that trained the models (stage 12 records them); models trained elsewhere name theirs
 offline_config=recipes/english/conf/finetune.yaml streaming_config=recipes/english/conf/streaming.yaml
 if [ -n "${TRAINED_DIR:-}" ]; then
   trained_config() { python -c "import sys; from asr.checkpoint import load_checkpoint
@@ -100,19 +102,19 @@ if run_stage 3 "global CMVN statistics of the training mixture" "$exp/.cmvn.done
   touch "$exp/.cmvn.done"
 fi
 
-if run_stage 4 "fine-tune the BiLSTM-CTC on the mixture (conf/finetune.yaml)" "$exp/.train.done"; then
+if run_stage 4 "train the shipped BiLSTM-CTC on on the mixture (conf/finetune.yaml)" "$exp/.train.done"; then
   asr_train --config conf/finetune.yaml exp_dir="$exp/offline" cmvn="$exp/cmvn.pt" \
     data.train="$train_manifests" data.valid="$data/dev.jsonl"
   touch "$exp/.train.done"
 fi
 
-if run_stage 5 "fine-tune the streaming GRU on the mixture (conf/streaming.yaml)" "$exp/.streaming_train.done"; then
+if run_stage 5 "train the shipped streaming GRU on on the mixture (conf/streaming.yaml)" "$exp/.streaming_train.done"; then
   asr_train --config conf/streaming.yaml exp_dir="$exp/streaming" cmvn="$exp/cmvn.pt" \
     data.train="$train_manifests" data.valid="$data/dev.jsonl"
   touch "$exp/.streaming_train.done"
 fi
 
-# The budgets give about 4 epochs of the mixture to the BiLSTM and 2 to the GRU: the BiLSTM's last
+# The budgets give about 6 epochs of the mixture to the BiLSTM and 3 to the GRU: the BiLSTM's last
 # two are averaged; the GRU's first epoch, still at a high learning rate, would only blur its last.
 if run_stage 6 "average the last 2 epochs -> $exp/final.pt; the last epoch -> $exp/streaming.pt" "$exp/.average.done"; then
   asr average --exp-dir "$exp/offline" --last 2 --out "$exp/final.pt"
@@ -210,10 +212,63 @@ if run_stage 10 "robustness conditions (tools/bench_robustness.py) -> RESULTS.md
   touch "$exp/.robustness.done"
 fi
 
+# What each part of the mixture buys: shorter runs from the same shipped model, each without one
+# part (the native corpora; the natural voices, replaced by a corpus of the same sentences spoken
+# by the espeak-ng and flite voices the shipped models were pre-trained on; the rooms), scored
+# greedy on every real test set beside the whole mixture at the same budget. One process of one
+# thread each, two side by side.
+ablation_steps=1000
+real_tests="librispeech-clips an4 speechocean762 keywords fsdd"
+ablate() {
+  local name=$1 set; shift
+  local dir=$exp/ablation/$name
+  OMP_NUM_THREADS=1 asr train --config conf/finetune.yaml exp_dir="$dir" cmvn="$exp/cmvn.pt" \
+    data.valid="$data/dev.jsonl" max_steps=$ablation_steps threads=1 "$@" > "$dir.log" 2>&1
+  asr average --exp-dir "$dir" --last 1 --out "$dir/final.pt"
+  for set in $real_tests; do
+    mkdir -p "$dir/decode_${set}_greedy"
+    OMP_NUM_THREADS=1 asr decode --model "$dir/final.pt" --manifest "$data/$set.jsonl" --greedy \
+      --out "$dir/decode_${set}_greedy/hyp.txt"
+  done
+  score_splits "$dir" "$data" $(for set in $real_tests; do echo "${set}_greedy"; done)
+}
+if run_stage 11 "ablation: $ablation_steps batches without each part of the mixture -> RESULTS.md" "$exp/.ablation.done"; then
+  mkdir -p "$exp/ablation"
+  old_voices=$data/synthetic-espeak-flite
+  if [ ! -f "$old_voices/train.jsonl" ]; then
+    python "$root/tools/synthesize_corpus.py" --out "$old_voices/corpus" --seed 0 --train-sentences 9000 \
+      --dev-sentences 200 --test-sentences 300 --train-speakers 200 --flite-speakers 100 --dev-speakers 8 --test-speakers 8
+    asr prepare librispeech-tree --root "$old_voices/corpus/train" --out "$old_voices/train.jsonl"
+  fi
+  native=$data/librispeech-clips/train.jsonl,$data/an4/train.jsonl,
+  ablate all data.train="$train_manifests" & first=$!
+  ablate no_native data.train="${train_manifests#"$native"}" & second=$!
+  wait $first && wait $second
+  ablate espeak_flite_voices data.train="${train_manifests/"$synthetic/train.jsonl"/"$old_voices/train.jsonl"}" & first=$!
+  ablate no_rooms data.train="$train_manifests" data.augment.reverb_prob=0 & second=$!
+  wait $first && wait $second
+  {
+    echo "Produced by \`recipes/english/run.sh --stage 11 --stop-stage 11\` on $(date -u +%Y-%m-%d): each run"
+    echo "$ablation_steps batches of conf/finetune.yaml from the shipped offline model, greedy WER / CER:"
+    echo
+    echo "| mixture | $(echo $real_tests | sed 's/ / | /g') |"
+    echo "|---|---|---|---|---|---|"
+    for name in all no_native espeak_flite_voices no_rooms; do
+      row="| $name |"
+      for set in $real_tests; do
+        score=$exp/ablation/$name/decode_${set}_greedy/score.txt
+        row+=" $(awk '/^WER/ {print $2}' "$score") / $(awk '/^CER/ {print $2}' "$score") |"
+      done
+      echo "$row"
+    done
+  } | update_results RESULTS.md ablation
+  touch "$exp/.ablation.done"
+fi
+
 # Not run by default: replace the embedded defaults (committed files) with this run's models,
 # weights in float16, with their provenance (this recipe, its config, the git commit, the data).
-if run_stage 11 "store both models compactly in asr/pretrained/" "$exp/.pretrained.done"; then
-  data_note="LibriSpeech clips train (about 245 speakers), AN4 train (74 speakers), speechocean762 train (119 speakers) and keywords train (1974 speakers) at speeds 0.9/1.0/1.1, FSDD train (4 speakers), the synthetic corpus (100 espeak-ng and 100 flite voices)"
+if run_stage 12 "store both models compactly in asr/pretrained/" "$exp/.pretrained.done"; then
+  data_note="LibriSpeech clips train (230 speakers, 0.83 h) and AN4 train (74 speakers, 0.71 h) at speeds 0.9/1.0/1.1, speechocean762 train (119 speakers), keywords train (1974 speakers), FSDD train (4 speakers), the synthetic corpus (150 natural TTS voices, 50 espeak-ng voices); trained on from the models shipped before"
   asr compact --model "$exp/final.pt" --out "$root/asr/pretrained/offline.pt" \
     --note recipe=recipes/english/run.sh "config=$offline_config" "data=$data_note"
   asr compact --model "$exp/streaming.pt" --out "$root/asr/pretrained/streaming.pt" \
