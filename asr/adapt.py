@@ -30,6 +30,7 @@ from asr.data.loader import ctc_min_frames
 from asr.data.manifest import read_manifest
 from asr.decoding import greedy_ctc_decode
 from asr.features import LogMelFrontend, num_frames
+from asr.models import canonical_name
 from asr.text import normalize_text
 
 MIN_SECONDS = 60.0  # below a minute, the held-out part is too small to stop at a good point
@@ -39,7 +40,7 @@ RECOMMENDED = "2 to 30 minutes are recommended"
 
 # the offline BiLSTM moved furthest at 1e-3; the streaming GRU got worse on new sentences at
 # 1e-3 and better at 3e-4 (docs/adapt.md)
-LEARNING_RATES = {"blstm_ctc": 1e-3, "streaming_gru": 3e-4}
+LEARNING_RATES = {"rnn_ctc": 1e-3, "streaming_gru": 3e-4}  # by canonical model name
 
 
 class AdaptError(ValueError):
@@ -269,7 +270,7 @@ def adapt(
         p.requires_grad_(True)
     anchors = [p.detach().clone() for p in params] if config.l2sp_weight > 0 else None
     if config.lr is None:
-        config = dataclasses.replace(config, lr=LEARNING_RATES.get(ckpt.model_name, 1e-3))
+        config = dataclasses.replace(config, lr=LEARNING_RATES[canonical_name(ckpt.model_name)])
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     refs = [r.text for r in held]
 

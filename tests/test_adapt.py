@@ -202,7 +202,7 @@ def test_adapt_verb_then_transcribe(small_model, voice_dir, tmp_path):
     assert result.returncode == 0 and result.stdout.startswith(f"{voice_dir / 'take00.wav'}\t"), result.stderr
 
 
-@pytest.mark.parametrize("name, lr", [("blstm_ctc", 1e-3), ("streaming_gru", 3e-4)])
+@pytest.mark.parametrize("name, lr", [("blstm_ctc", 1e-3), ("rnn_ctc", 1e-3), ("streaming_gru", 3e-4)])
 def test_default_learning_rate_follows_the_model(voice_dir, tmp_path, monkeypatch, name, lr):
     from asr.checkpoint import save_checkpoint
     from asr.text import Tokenizer

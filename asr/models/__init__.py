@@ -46,6 +46,11 @@ def upgrade_state_dict(state_dict: dict[str, Any]) -> dict[str, Any]:
     return {upgrade(name): value for name, value in state_dict.items()}
 
 
+def canonical_name(name: str) -> str:
+    """The name a model kind is registered under first: ``blstm_ctc`` -> ``rnn_ctc``."""
+    return next(key for key, value in MODELS.items() if value == MODELS[name])
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

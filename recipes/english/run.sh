@@ -13,20 +13,21 @@
 #
 #   ./run.sh [--stage N] [--stop-stage M] [--data DIR] [--exp DIR]
 #
-# Stage 11 (run only when asked: --stage 11 --stop-stage 11) trains shorter runs, each without
-# one part of the mixture, and scores them (RESULTS.md, "Ablation"). Stage 12 (--stage 12)
+# Stage 10 (run only when asked: --stage 10 --stop-stage 10) trains shorter runs, each without
+# one part of the mixture, and scores them (RESULTS.md, "Ablation"). Stage 11 (--stage 11)
 # replaces the embedded defaults in asr/pretrained/: a deliberate step, since the files are committed.
+# The models keep the CMVN statistics of the checkpoints they start from.
 # LIBRISPEECH_CLIPS_ROOT, AN4_ROOT, SPEECHOCEAN762_ROOT, KEYWORDS_ROOT and FSDD_ROOT override where
 # the corpora are read from
 # (default: ../shared/data/<corpus> beside the repository). Stages are idempotent (.done
 # markers); an interrupted training resumes from its last.pt.
 # TRAINED_DIR=DIR: models trained elsewhere (what tools/gpu_train_defaults.sh writes on a GPU:
-# offline.pt, streaming.pt and their *_log.csv) stand in for stages 3-6, e.g.
-# `TRAINED_DIR=DIR ./run.sh --exp exp_gpu --stage 3`, and `--stage 12` then ships them with their
+# offline.pt, streaming.pt and their *_log.csv) stand in for stages 3-5, e.g.
+# `TRAINED_DIR=DIR ./run.sh --exp exp_gpu --stage 3`, and `--stage 11` then ships them with their
 # provenance (docs/training.md, "Training the defaults on a GPU").
 set -euo pipefail
 cd "$(dirname "$0")"
-default_stop_stage=10
+default_stop_stage=9
 source ../shared/stages.sh
 $quick && { echo "error: this recipe has no --quick mode; the other recipes' quick runs test its stages" >&2; exit 2; }
 
@@ -80,43 +81,40 @@ if run_stage 2 "the synthetic corpus: ../synthetic/data/default" "$exp/.syntheti
   cp "$synthetic/test.jsonl" "$data/synthetic.jsonl"
   # validation and LM tuning: 20 native and 6 non-native held-out speakers, the synthetic dev voices
   cat "$data/librispeech-clips/dev.jsonl" "$data/speechocean762/dev.jsonl" "$synthetic/dev.jsonl" > "$data/dev.jsonl"
+  # the embedded defaults that stages 3-4 start from, scored beside this run's models (stages 7-8)
+  mkdir -p "$exp/start" && cp "$root/asr/pretrained/offline.pt" "$root/asr/pretrained/streaming.pt" "$exp/start/"
   touch "$exp/.synthetic.done"
 fi
 
-# the configs that trained the models (stage 12 records them); models trained elsewhere name theirs
+# the configs that trained the models (stage 11 records them); models trained elsewhere name theirs
 offline_config=recipes/english/conf/finetune.yaml streaming_config=recipes/english/conf/streaming.yaml
 if [ -n "${TRAINED_DIR:-}" ]; then
   trained_config() { python -c "import sys; from asr.checkpoint import load_checkpoint
 print(load_checkpoint(sys.argv[1]).metadata['provenance']['config'])" "$1"; }
   offline_config=$(trained_config "$TRAINED_DIR/offline.pt") streaming_config=$(trained_config "$TRAINED_DIR/streaming.pt")
-  if run_stage 3 "models trained elsewhere: $TRAINED_DIR -> $exp/final.pt, $exp/streaming.pt (stages 3-6)" "$exp/.average.done"; then
+  if run_stage 3 "models trained elsewhere: $TRAINED_DIR -> $exp/final.pt, $exp/streaming.pt (stages 3-5)" "$exp/.average.done"; then
     mkdir -p "$exp/offline" "$exp/streaming"
     cp "$TRAINED_DIR/offline.pt" "$exp/final.pt" && cp "$TRAINED_DIR/offline_log.csv" "$exp/offline/log.csv"
     cp "$TRAINED_DIR/streaming.pt" "$exp/streaming.pt" && cp "$TRAINED_DIR/streaming_log.csv" "$exp/streaming/log.csv"
-    touch "$exp/.cmvn.done" "$exp/.train.done" "$exp/.streaming_train.done" "$exp/.average.done"
+    touch "$exp/.train.done" "$exp/.streaming_train.done" "$exp/.average.done"
   fi
 fi
 
-if run_stage 3 "global CMVN statistics of the training mixture" "$exp/.cmvn.done"; then
-  asr compute-cmvn --manifest "$train_manifests" --out "$exp/cmvn.pt"
-  touch "$exp/.cmvn.done"
-fi
-
-if run_stage 4 "train the shipped BiLSTM-CTC on on the mixture (conf/finetune.yaml)" "$exp/.train.done"; then
-  asr_train --config conf/finetune.yaml exp_dir="$exp/offline" cmvn="$exp/cmvn.pt" \
+if run_stage 3 "continue training the shipped BiLSTM-CTC on the mixture (conf/finetune.yaml)" "$exp/.train.done"; then
+  asr_train --config conf/finetune.yaml exp_dir="$exp/offline" \
     data.train="$train_manifests" data.valid="$data/dev.jsonl"
   touch "$exp/.train.done"
 fi
 
-if run_stage 5 "train the shipped streaming GRU on on the mixture (conf/streaming.yaml)" "$exp/.streaming_train.done"; then
-  asr_train --config conf/streaming.yaml exp_dir="$exp/streaming" cmvn="$exp/cmvn.pt" \
+if run_stage 4 "continue training the shipped streaming GRU on the mixture (conf/streaming.yaml)" "$exp/.streaming_train.done"; then
+  asr_train --config conf/streaming.yaml exp_dir="$exp/streaming" \
     data.train="$train_manifests" data.valid="$data/dev.jsonl"
   touch "$exp/.streaming_train.done"
 fi
 
 # The budgets give about 6 epochs of the mixture to the BiLSTM and 3 to the GRU: the BiLSTM's last
 # two are averaged; the GRU's first epoch, still at a high learning rate, would only blur its last.
-if run_stage 6 "average the last 2 epochs -> $exp/final.pt; the last epoch -> $exp/streaming.pt" "$exp/.average.done"; then
+if run_stage 5 "average the last 2 epochs -> $exp/final.pt; the last epoch -> $exp/streaming.pt" "$exp/.average.done"; then
   asr average --exp-dir "$exp/offline" --last 2 --out "$exp/final.pt"
   asr average --exp-dir "$exp/streaming" --last 1 --out "$exp/streaming.pt"
   touch "$exp/.average.done"
@@ -128,7 +126,7 @@ fi
 # holds none of the adapt or test speakers' sentences), bigrams seen once and trigrams seen twice
 # or less left out so that the LM ships inside the models (docs/training.md, "Word LM"). The search
 # stays lexicon-free, so that a word the LM never saw can still be spelled.
-if run_stage 7 "word 3-gram LM; weights tuned on dev for each model and attached" "$exp/.lm.done"; then
+if run_stage 6 "word 3-gram LM; weights tuned on dev for each model and attached" "$exp/.lm.done"; then
   mkdir -p "$exp/lm"
   asr lm --manifest "$data/librispeech-clips/original/train.jsonl" "$data/an4/original/train.jsonl" \
     "$data/speechocean762/original/train.jsonl" "$data/keywords/original/train.jsonl" \
@@ -153,19 +151,41 @@ decode() {
   done
 }
 
-# the offline and the streaming decodings side by side, one CPU thread each
-if run_stage 8 "decode every test set: offline and streamed in 160 ms chunks, greedy and with the LM" "$exp/.decode.done"; then
-  (export OMP_NUM_THREADS=1; decode greedy "$exp/final.pt" --greedy; decode lm "$exp/final.pt") &
+# the offline and the streaming decodings side by side, one CPU thread each; this run's models
+# (greedy, lm, streaming, streaming_lm) and the ones it started from (start_greedy, ...)
+if run_stage 7 "decode every test set: offline and streamed in 160 ms chunks, greedy and with the LM" "$exp/.decode.done"; then
+  (export OMP_NUM_THREADS=1
+   for prefix in "" start_; do
+     model=$exp/final.pt; [ -n "$prefix" ] && model=$exp/start/offline.pt
+     decode ${prefix}greedy "$model" --greedy; decode ${prefix}lm "$model"
+   done) &
   offline=$!
-  (export OMP_NUM_THREADS=1; decode streaming "$exp/streaming.pt" --chunk-ms 160 --greedy
-   decode streaming_lm "$exp/streaming.pt" --chunk-ms 160) &
+  (export OMP_NUM_THREADS=1
+   for prefix in "" start_; do
+     model=$exp/streaming.pt; [ -n "$prefix" ] && model=$exp/start/streaming.pt
+     decode ${prefix}streaming "$model" --chunk-ms 160 --greedy; decode ${prefix}streaming_lm "$model" --chunk-ms 160
+   done) &
   streaming=$!
   wait $offline && wait $streaming
   touch "$exp/.decode.done"
 fi
 
-if run_stage 9 "score -> RESULTS.md" "$exp/.score.done"; then
-  for variant in greedy lm streaming streaming_lm; do
+# scores_table PREFIX: one row per test set, WER / CER of the four decodings
+scores_table() {
+  echo "| test set | offline greedy | offline + LM | streaming greedy | streaming + LM |"
+  echo "|---|---|---|---|---|"
+  for set in $tests; do
+    row="| $set |"
+    for variant in greedy lm streaming streaming_lm; do
+      score=$exp/decode_${set}_$1$variant/score.txt
+      row+=" $(awk '/^WER/ {print $2}' "$score") / $(awk '/^CER/ {print $2}' "$score") |"
+    done
+    echo "$row"
+  done
+}
+
+if run_stage 8 "score -> RESULTS.md" "$exp/.score.done"; then
+  for variant in greedy lm streaming streaming_lm start_greedy start_lm start_streaming start_streaming_lm; do
     score_splits --by age_group "$exp" "$data" "speechocean762_$variant"
     score_splits --by source "$exp" "$data" "keywords_$variant"
     score_splits "$exp" "$data" "librispeech-clips_$variant" "an4_$variant" "fsdd_$variant" "synthetic_$variant"
@@ -175,25 +195,20 @@ if run_stage 9 "score -> RESULTS.md" "$exp/.score.done"; then
     echo "Models: \`$exp/final.pt\` (offline) and \`$exp/streaming.pt\` (streamed in 160 ms chunks); LM weights"
     echo "tuned on dev: offline \`$(cat "$exp/lm/weights.args")\`, streaming \`$(cat "$exp/lm/streaming_weights.args")\`."
     echo
-    echo "| test set | offline greedy | offline + LM | streaming greedy | streaming + LM |"
-    echo "|---|---|---|---|---|"
-    for set in $tests; do
-      row="| $set |"
-      for variant in greedy lm streaming streaming_lm; do
-        score=$exp/decode_${set}_$variant/score.txt
-        row+=" $(awk '/^WER/ {print $2}' "$score") / $(awk '/^CER/ {print $2}' "$score") |"
-      done
-      echo "$row"
-    done
+    scores_table ""
     echo
-    echo "WER / CER. By speaker age (speechocean762) and by source (keywords), offline + LM:"
+    echo "WER / CER. The embedded defaults this run started from (\`$exp/start/\`, each with its own LM), on the same test sets:"
+    echo
+    scores_table start_
+    echo
+    echo "By speaker age (speechocean762) and by source (keywords), this run's offline model + LM:"
     echo
     echo '```'
     sed -n '/^by age_group:/,$p' "$exp/decode_speechocean762_lm/score.txt"
     sed -n '/^by source:/,$p' "$exp/decode_keywords_lm/score.txt"
     echo '```'
     echo
-    echo "Fine-tuning curves (\`$exp/offline/log.csv\`, \`$exp/streaming/log.csv\`):"
+    echo "Training curves (\`$exp/offline/log.csv\`, \`$exp/streaming/log.csv\`):"
     echo
     echo '```'
     cat "$exp/offline/log.csv"
@@ -205,7 +220,7 @@ if run_stage 9 "score -> RESULTS.md" "$exp/.score.done"; then
 fi
 
 # Robustness of the offline default (greedy): quieter, louder, in noise, at 8 kHz, with silence around
-if run_stage 10 "robustness conditions (tools/bench_robustness.py) -> RESULTS.md" "$exp/.robustness.done"; then
+if run_stage 9 "robustness conditions (tools/bench_robustness.py) -> RESULTS.md" "$exp/.robustness.done"; then
   python "$root/tools/bench_robustness.py" --model "$exp/final.pt" --manifest "$data/speechocean762.jsonl" \
     --sample 300 --gains-db -20 10 --snrs-db 20 10 --sample-rates 8000 --silences-s 0.5 > "$exp/robustness.md"
   update_results RESULTS.md robustness < "$exp/robustness.md"
@@ -222,7 +237,7 @@ real_tests="librispeech-clips an4 speechocean762 keywords fsdd"
 ablate() {
   local name=$1 set; shift
   local dir=$exp/ablation/$name
-  OMP_NUM_THREADS=1 asr train --config conf/finetune.yaml exp_dir="$dir" cmvn="$exp/cmvn.pt" \
+  OMP_NUM_THREADS=1 asr train --config conf/finetune.yaml exp_dir="$dir" \
     data.valid="$data/dev.jsonl" max_steps=$ablation_steps threads=1 "$@" > "$dir.log" 2>&1
   asr average --exp-dir "$dir" --last 1 --out "$dir/final.pt"
   for set in $real_tests; do
@@ -232,7 +247,7 @@ ablate() {
   done
   score_splits "$dir" "$data" $(for set in $real_tests; do echo "${set}_greedy"; done)
 }
-if run_stage 11 "ablation: $ablation_steps batches without each part of the mixture -> RESULTS.md" "$exp/.ablation.done"; then
+if run_stage 10 "ablation: $ablation_steps batches without each part of the mixture -> RESULTS.md" "$exp/.ablation.done"; then
   mkdir -p "$exp/ablation"
   old_voices=$data/synthetic-espeak-flite
   if [ ! -f "$old_voices/train.jsonl" ]; then
@@ -248,7 +263,7 @@ if run_stage 11 "ablation: $ablation_steps batches without each part of the mixt
   ablate no_rooms data.train="$train_manifests" data.augment.reverb_prob=0 & second=$!
   wait $first && wait $second
   {
-    echo "Produced by \`recipes/english/run.sh --stage 11 --stop-stage 11\` on $(date -u +%Y-%m-%d): each run"
+    echo "Produced by \`recipes/english/run.sh --stage 10 --stop-stage 10\` on $(date -u +%Y-%m-%d): each run"
     echo "$ablation_steps batches of conf/finetune.yaml from the shipped offline model, greedy WER / CER:"
     echo
     echo "| mixture | $(echo $real_tests | sed 's/ / | /g') |"
@@ -267,7 +282,7 @@ fi
 
 # Not run by default: replace the embedded defaults (committed files) with this run's models,
 # weights in float16, with their provenance (this recipe, its config, the git commit, the data).
-if run_stage 12 "store both models compactly in asr/pretrained/" "$exp/.pretrained.done"; then
+if run_stage 11 "store both models compactly in asr/pretrained/" "$exp/.pretrained.done"; then
   data_note="LibriSpeech clips train (230 speakers, 0.83 h) and AN4 train (74 speakers, 0.71 h) at speeds 0.9/1.0/1.1, speechocean762 train (119 speakers), keywords train (1974 speakers), FSDD train (4 speakers), the synthetic corpus (150 natural TTS voices, 50 espeak-ng voices); trained on from the models shipped before"
   asr compact --model "$exp/final.pt" --out "$root/asr/pretrained/offline.pt" \
     --note recipe=recipes/english/run.sh "config=$offline_config" "data=$data_note"
