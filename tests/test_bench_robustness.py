@@ -1,4 +1,4 @@
-"""tools/bench_robustness.py: its level, noise, band and silence conditions, and a run on a tiny model."""
+"""tools/bench_robustness.py: its level, noise, room, band and silence conditions, and a run on a tiny model."""
 
 import json
 import subprocess
@@ -11,7 +11,7 @@ from conftest import write_audio
 
 TOOL = Path(__file__).resolve().parents[1] / "tools" / "bench_robustness.py"
 sys.path.insert(0, str(TOOL.parent))
-from bench_robustness import add_silence, add_white_noise, apply_gain  # noqa: E402
+from bench_robustness import add_silence, add_white_noise, apply_gain, in_room  # noqa: E402
 
 sys.path.pop(0)
 
@@ -31,6 +31,14 @@ def test_gain_scales_and_clips_at_full_scale():
     assert torch.allclose(apply_gain(audio, 20.0), torch.tensor([0.5, -1.0, 1.0]))
 
 
+def test_a_room_rings_on_keeps_length_and_energy_and_is_seeded():
+    audio = torch.cat([0.1 * torch.sin(torch.arange(8000) * 0.05), torch.zeros(8000)])
+    wet = in_room(audio, 0.5, seed=1)
+    assert wet.shape == audio.shape and abs(float(wet.norm() / audio.norm()) - 1) < 1e-5
+    assert wet[8000:9600].pow(2).mean() > 1e-3 * wet[:8000].pow(2).mean()  # the silence now rings
+    assert torch.equal(wet, in_room(audio, 0.5, seed=1)) and not torch.equal(wet, in_room(audio, 0.5, seed=2))
+
+
 def test_silence_is_added_on_both_sides():
     audio = torch.tensor([0.5, -0.5])
     padded = add_silence(audio, 0.25)
@@ -48,7 +56,8 @@ def test_noise_hurts_a_model_that_memorised_clean_speech(tiny_checkpoint, tmp_pa
             f.write(json.dumps(entry) + "\n")
     result = subprocess.run(
         [sys.executable, str(TOOL), "--model", str(tiny_checkpoint.path), "--manifest", str(manifest),
-         "--gains-db", "-6", "--snrs-db", "-5", "--sample-rates", "2000", "--silences-s", "0.3"],
+         "--gains-db", "-6", "--snrs-db", "-5", "--rt60s-s", "0.5", "--sample-rates", "2000",
+         "--silences-s", "0.3"],
         capture_output=True, text=True, check=True,
     )
     rows = {
@@ -57,8 +66,8 @@ def test_noise_hurts_a_model_that_memorised_clean_speech(tiny_checkpoint, tmp_pa
         if cells[1].strip() != "WER"
     }
     rows = {name.strip(): scores for name, scores in rows.items()}
-    assert list(rows) == ["as recorded", "gain -6 dB", "white noise, SNR -5 dB", "recorded at 2 kHz",
-                          "silence 0.3 s before and after"]
+    assert list(rows) == ["as recorded", "gain -6 dB", "white noise, SNR -5 dB", "room, RT60 0.5 s",
+                          "recorded at 2 kHz", "silence 0.3 s before and after"]
     assert rows["as recorded"][1] <= 0.05, "the tiny model memorised these utterances"
     assert rows["white noise, SNR -5 dB"][1] > rows["as recorded"][1] + 0.1
     assert rows["recorded at 2 kHz"][1] > rows["as recorded"][1] + 0.1, "a 1 kHz band loses most consonants"

@@ -222,7 +222,7 @@ fi
 # Robustness of the offline default (greedy): quieter, louder, in noise, at 8 kHz, with silence around
 if run_stage 9 "robustness conditions (tools/bench_robustness.py) -> RESULTS.md" "$exp/.robustness.done"; then
   python "$root/tools/bench_robustness.py" --model "$exp/final.pt" --manifest "$data/speechocean762.jsonl" \
-    --sample 300 --gains-db -20 10 --snrs-db 20 10 --sample-rates 8000 --silences-s 0.5 > "$exp/robustness.md"
+    --sample 300 --gains-db -20 10 --snrs-db 20 10 --rt60s-s 0.3 0.7 --sample-rates 8000 --silences-s 0.5 > "$exp/robustness.md"
   update_results RESULTS.md robustness < "$exp/robustness.md"
   touch "$exp/.robustness.done"
 fi
