@@ -227,7 +227,7 @@ if run_stage 9 "robustness conditions (tools/bench_robustness.py) -> RESULTS.md"
   touch "$exp/.robustness.done"
 fi
 
-# What each part of the mixture buys: shorter runs from the same shipped model, each without one
+# What each part of the mixture buys: shorter runs from the model stage 3 started from, each without one
 # part (the native corpora; the natural voices, replaced by a corpus of the same sentences spoken
 # by the espeak-ng and flite voices the shipped models were pre-trained on; the rooms), scored
 # greedy on every real test set beside the whole mixture at the same budget. One process of one
@@ -237,7 +237,7 @@ real_tests="librispeech-clips an4 speechocean762 keywords fsdd"
 ablate() {
   local name=$1 set; shift
   local dir=$exp/ablation/$name
-  OMP_NUM_THREADS=1 asr train --config conf/finetune.yaml exp_dir="$dir" \
+  OMP_NUM_THREADS=1 asr train --config conf/finetune.yaml exp_dir="$dir" init_from="$exp/start/offline.pt" \
     data.valid="$data/dev.jsonl" max_steps=$ablation_steps threads=1 "$@" > "$dir.log" 2>&1
   asr average --exp-dir "$dir" --last 1 --out "$dir/final.pt"
   for set in $real_tests; do
